@@ -1,0 +1,227 @@
+"""Turn a validated spec into the DAG of stages, each with its fingerprint.
+
+A stage's fingerprint hashes its kind, its normalised parameters, its inputs' fingerprints
+and the source of the library code that builds it. It is known before anything runs, so
+`solar plan` can say which stages are already built, and a changed DPO beta changes the
+fingerprints of that DPO stage and what depends on it, nothing upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from solar import __version__
+from solar.spec import MODEL_KINDS, PipelineSpec, dependencies, topological_order
+
+SOLAR_DIR = Path(__file__).resolve().parent
+
+# The library modules whose source each stage kind's output depends on.
+KIND_MODULES: dict[str, tuple[str, ...]] = {
+    "base": ("model.py",),
+    "upscale": ("dus.py", "model.py"),
+    "pretrain": ("train.py", "data.py"),
+    "data": ("data.py",),
+    "math-instruct": ("synth.py", "data.py"),
+    "math-alignment": ("synth.py", "data.py"),
+    "sft": ("train.py", "data.py"),
+    "merge": ("merge.py", "model.py"),
+    "dpo": ("train.py", "data.py"),
+    "eval": ("evaluate.py",),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One node of the DAG: what to build, from which inputs, under which identity."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    params: dict[str, Any] = field(hash=False)
+    fingerprint: str
+
+    @property
+    def is_model(self) -> bool:
+        return self.kind in MODEL_KINDS
+
+
+@cache
+def code_version(kind: str) -> str:
+    """Hash of the library version and the source files a stage kind is built by."""
+    h = hashlib.sha256(__version__.encode())
+    for name in KIND_MODULES[kind]:
+        path = SOLAR_DIR / name
+        h.update(name.encode())
+        h.update(path.read_bytes() if path.exists() else b"")
+    if kind == "eval":
+        for path in sorted((SOLAR_DIR / "eval_tasks").glob("*")):
+            if path.is_file():
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@cache
+def file_digest(path: str) -> str:
+    """sha256 of a data file, so an edited local or shipped file changes the fingerprint."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def fingerprint(kind: str, params: dict[str, Any], input_fps: list[str]) -> str:
+    payload = {"kind": kind, "params": params, "inputs": input_fps, "code": code_version(kind)}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def plan(spec: PipelineSpec) -> list[Stage]:
+    """All stages of the pipeline in dependency order, evaluation stages last."""
+    params = stage_params(spec)
+    deps = dependencies(spec)
+    fps: dict[str, str] = {}
+    stages: list[Stage] = []
+    for name in topological_order(spec):
+        kind, p = params[name]
+        inputs = tuple(ref for ref, _ in deps[name])
+        fps[name] = fingerprint(kind, p, [fps[i] for i in inputs])
+        stages.append(Stage(name, kind, inputs, p, fps[name]))
+    if spec.eval:
+        ev = spec.eval
+        targets = [s.name for s in stages if s.is_model] if ev.models == "all" else ev.models
+        p = ev.model_dump(mode="json", exclude={"models"})
+        p["harness"] = _harness_version()
+        if ev.data.startswith("embedded:"):
+            p["data_digest"] = _embedded_dir_digest(ev.data.removeprefix("embedded:"))
+        for model in targets:
+            fp = fingerprint("eval", p, [fps[model]])
+            stages.append(Stage(f"eval-{model}", "eval", (model,), p, fp))
+    return stages
+
+
+def stage_params(spec: PipelineSpec) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each stage's kind and normalised parameters: its spec without its name and without
+    the names of its inputs (inputs enter the fingerprint by their own fingerprints)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    base = spec.base.model_dump(mode="json", exclude={"name"})
+    if spec.base.model == "embedded":
+        base["corpus_digest"] = file_digest(str(embedded_path("corpus.jsonl")))
+    else:
+        base.pop("tiny")
+    out[spec.base.name] = ("base", base)
+    if spec.upscale:
+        out[spec.upscale.name] = ("upscale", spec.upscale.model_dump(mode="json", exclude={"name", "base"}))
+    if spec.pretrain:
+        out[spec.pretrain.name] = (
+            "pretrain",
+            spec.pretrain.model_dump(mode="json", exclude={"name", "base", "corpus"}),
+        )
+    for d in spec.datasets:
+        p = d.model_dump(mode="json", exclude={"name"})
+        local = resolve_local_source(d.source)
+        if local is not None and local.is_file():
+            p["digest"] = file_digest(str(local))
+        out[d.name] = ("data", p)
+    for s in spec.synthesis:
+        out[s.name] = (s.kind, s.model_dump(mode="json", exclude={"name", "kind", "seed_dataset", "source"}))
+    for s in spec.sft:
+        out[s.name] = ("sft", s.model_dump(mode="json", exclude={"name", "base", "datasets"}))
+    for m in spec.merges:
+        out[m.name] = ("merge", m.model_dump(mode="json", exclude={"name", "models"}))
+    for d in spec.dpo:
+        out[d.name] = ("dpo", d.model_dump(mode="json", exclude={"name", "base", "datasets"}))
+    return out
+
+
+def embedded_path(relative: str) -> Path:
+    return SOLAR_DIR / "embedded" / "data" / relative
+
+
+def resolve_local_source(source: str) -> Path | None:
+    """The file behind an `embedded:` or local source; None for a hub id."""
+    if source.startswith("hub:"):
+        return None
+    if source.startswith("embedded:"):
+        return embedded_path(source.removeprefix("embedded:"))
+    return Path(source)
+
+
+@cache
+def _embedded_dir_digest(relative: str) -> str:
+    root = embedded_path(relative)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.jsonl")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(file_digest(str(path)).encode())
+    return h.hexdigest()[:16]
+
+
+def _harness_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return "absent"
+
+
+def model_shapes(spec: PipelineSpec, stages: list[Stage]) -> dict[str, tuple[int, int] | None]:
+    """(layers, parameters) of every model stage from configs alone, on the meta device.
+    None where the base's architecture is not known offline (a hub id without `config`)."""
+    from solar.dus import upscale_config
+    from solar.model import config_from_dict, count_parameters, tiny_config
+    from solar.spec import resolve_config_path
+
+    if spec.base.model == "embedded":
+        base_cfg: dict[str, Any] | None = tiny_config(spec.base.tiny).to_dict()
+    else:
+        path = resolve_config_path(spec.base)
+        base_cfg = json.loads(path.read_text()) if path else None
+    configs: dict[str, dict[str, Any] | None] = {}
+    shapes: dict[str, tuple[int, int] | None] = {}
+    for s in stages:
+        if not s.is_model:
+            continue
+        if s.kind == "base":
+            cfg = base_cfg
+        elif s.kind == "upscale":
+            up = configs[s.inputs[0]]
+            cfg = upscale_config(up, s.params["m"]) if up else None
+        else:  # trained or merged models keep their first input's architecture
+            cfg = configs[s.inputs[0]]
+        configs[s.name] = cfg
+        if cfg is None:
+            shapes[s.name] = None
+        elif s.kind in ("base", "upscale"):
+            shapes[s.name] = (int(cfg["num_hidden_layers"]), count_parameters(config_from_dict(cfg)))
+        else:
+            shapes[s.name] = shapes[s.inputs[0]]
+    return shapes
+
+
+def describe(spec: PipelineSpec, root: str | Path) -> list[dict[str, Any]]:
+    """One record per stage: name, kind, inputs, cached, and layers/params for models."""
+    from solar.artifacts import is_complete, stage_dir
+
+    stages = plan(spec)
+    shapes = model_shapes(spec, stages)
+    records = []
+    for s in stages:
+        rec: dict[str, Any] = {
+            "name": s.name,
+            "kind": s.kind,
+            "inputs": list(s.inputs),
+            "cached": is_complete(stage_dir(Path(root).resolve(), s.kind, s.fingerprint)),
+            "fingerprint": s.fingerprint[:16],
+        }
+        if s.is_model:
+            shape = shapes[s.name]
+            rec["layers"], rec["params"] = shape if shape else (None, None)
+        records.append(rec)
+    return records
