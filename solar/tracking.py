@@ -1,0 +1,152 @@
+"""MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run
+per stage named as the stage.
+
+Everything goes through `MlflowClient` with explicit run ids, never the thread-local active
+run, so stages running in worker threads or processes log to the right place.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """Where a pipeline run logs: picklable, so it can be handed to tasks."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    pipeline: str
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the working dir."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_pipeline(
+    uri: str | None, experiment: str, run_name: str, tags: dict[str, str], spec_yaml: str
+) -> TrackingContext:
+    """Create (or reuse) the experiment and open the pipeline's parent run."""
+    uri = resolve_uri(uri)
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    experiment_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    run = c.create_run(experiment_id, run_name=run_name, tags=tags)
+    c.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    return TrackingContext(uri, experiment_id, run.info.run_id, experiment)
+
+
+def end_pipeline(ctx: TrackingContext, failed: bool = False) -> None:
+    client(ctx.uri).set_terminated(ctx.parent_run_id, "FAILED" if failed else "FINISHED")
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as dotted keys with string values (MLflow's form)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class StageRun:
+    """A stage's child run; `log(metrics, step)` is safe to call from any thread."""
+
+    def __init__(self, ctx: TrackingContext | None, run_id: str | None):
+        self.ctx, self.run_id = ctx, run_id
+
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        if self.ctx is None or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
+        client(self.ctx.uri).log_batch(self.run_id, metrics=batch)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.ctx is not None and self.run_id is not None:
+            client(self.ctx.uri).log_text(self.run_id, text, artifact_file)
+
+
+@contextmanager
+def stage_run(
+    ctx: TrackingContext | None, name: str, tags: dict[str, str], params: dict[str, Any]
+) -> Iterator[StageRun]:
+    """Open a child run of the pipeline run for one stage; FAILED if the body raises."""
+    if ctx is None:
+        yield StageRun(None, None)
+        return
+    c = client(ctx.uri)
+    run = c.create_run(
+        ctx.experiment_id, run_name=name,
+        tags={"mlflow.parentRunId": ctx.parent_run_id, "solar.pipeline": ctx.pipeline, **tags},
+    )
+    run_id = run.info.run_id
+    _log_params(c, run_id, params)
+    try:
+        yield StageRun(ctx, run_id)
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
+
+
+def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = list(flatten(params).items())
+    for i in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
+        c.log_batch(run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; TRL logs keys like "rewards/chosen".
+    return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in key)
+
+
+def record_cached(ctx: TrackingContext, result) -> None:
+    """A child run for a stage this pipeline run reused, pointing at the run that built it,
+    with its metrics, so every pipeline run holds a full set of child runs to compare."""
+    c = client(ctx.uri)
+    run = c.create_run(
+        ctx.experiment_id, run_name=result.name,
+        tags={
+            "mlflow.parentRunId": ctx.parent_run_id,
+            "solar.pipeline": ctx.pipeline,
+            "solar.stage": result.name,
+            "solar.kind": result.kind,
+            "solar.fingerprint": result.fingerprint,
+            "solar.artifact": result.path,
+            "solar.cached": "true",
+            "solar.source_run_id": result.run_id or "",
+        },
+    )
+    StageRun(ctx, run.info.run_id).log(result.metrics)
+    c.set_terminated(run.info.run_id, "FINISHED")
+
+
+def log_summary(ctx: TrackingContext, files: dict[str, str], metrics: dict[str, float]) -> None:
+    """Attach summary files (name -> text) and metrics to the pipeline's parent run."""
+    for name, text in files.items():
+        client(ctx.uri).log_text(ctx.parent_run_id, text, name)
+    StageRun(ctx, ctx.parent_run_id).log(metrics)
