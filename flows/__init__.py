@@ -1,0 +1,1 @@
+"""Prefect flows: composition of the stage tasks into the SOLAR DAG."""

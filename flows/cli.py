@@ -1,0 +1,103 @@
+"""The `solar` command: plan and run pipelines from presets or spec files.
+
+    solar plan --preset paper-ablation [--json]
+    solar run --preset paper-ablation [--set dpo.dpo-v1.beta=0.2]
+    solar run --spec my.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from solar.spec import PRESETS, PipelineSpec, load_spec
+
+OFFLINE_ENV = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="solar", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("plan", "validate a spec and print its DAG"), ("run", "run a pipeline")):
+        p = sub.add_parser(name, help=help_)
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--preset", choices=PRESETS)
+        src.add_argument("--spec", type=Path, help="a pipeline spec YAML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec field, e.g. dpo.dpo-v1.beta=0.2 (repeatable)")
+        if name == "plan":
+            p.add_argument("--json", action="store_true", help="one JSON record per stage")
+    args = parser.parse_args(argv)
+
+    try:
+        spec = load_spec(args.preset, args.spec, args.overrides)
+    except (ValidationError, ValueError, FileNotFoundError) as e:
+        print(f"solar: invalid spec: {e}", file=sys.stderr)
+        return 2
+    if args.command == "plan":
+        return plan_command(spec, args.json)
+    return run_command(spec)
+
+
+def plan_command(spec: PipelineSpec, as_json: bool) -> int:
+    from solar.plan import describe
+
+    records = describe(spec, spec.execution.artifacts_dir)
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{spec.name}: {len(records)} stages")
+    for col in ("stage", "kind", "inputs", "cached", "layers", "params"):
+        table.add_column(col, justify="right" if col in ("layers", "params") else "left")
+    for r in records:
+        params = r.get("params")
+        table.add_row(
+            r["name"], r["kind"], ", ".join(r["inputs"]), "yes" if r["cached"] else "no",
+            "" if r.get("layers") is None else str(r["layers"]),
+            "" if params is None else human(params),
+        )
+    Console().print(table)
+    return 0
+
+
+def run_command(spec: PipelineSpec) -> int:
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    root = Path(spec.execution.artifacts_dir).resolve()
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.pipeline import pipeline
+    from solar.report import print_table
+
+    flow = pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.execution.max_parallel))
+    rows = flow(spec=spec)
+    print_table(rows, f"{spec.name}: models x H6 (%)")
+    return 0
+
+
+def human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The SOLAR pipeline flow: the DAG of the spec, one task per stage, tracked in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+
+from solar.artifacts import StageResult
+from solar.plan import plan
+from solar.spec import PipelineSpec
+from solar.tracking import end_pipeline
+from tasks.stages import STAGE_TASKS
+from tasks.tracking import start_tracking, summarize
+
+
+@flow(name="solar-pipeline", log_prints=True)
+def pipeline(spec: PipelineSpec) -> list[dict]:
+    """Run every stage of `spec` in dependency order; independent branches may overlap
+    (up to `execution.max_parallel`). Returns the models x H6 table."""
+    if spec.execution.mode != "local":
+        raise ValueError(
+            "execution.mode: only 'local' runs in this version; 'pools' dispatch to work "
+            "pools is not built yet"
+        )
+    stages = plan(spec)
+    root = str(Path(spec.execution.artifacts_dir).resolve())
+    tracking = start_tracking(spec)
+    futures: dict[str, PrefectFuture[StageResult]] = {}
+    for stage in stages:
+        inputs = {name: futures[name] for name in stage.inputs}
+        futures[stage.name] = STAGE_TASKS[stage.kind].submit(stage, inputs, root, tracking)
+    try:
+        results = {name: f.result() for name, f in futures.items()}
+    except BaseException:
+        end_pipeline(tracking, failed=True)
+        raise
+    return summarize(results, tracking)
