@@ -1,0 +1,34 @@
+import os
+
+# Tests never reach a hub, and nothing phones home.
+for key, value in {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[key] = value
+
+
+import json
+import random
+
+import pytest
+
+WORDS = (
+    "the cat sat on a mat water boils at one hundred degrees paris is the capital of france "
+    "two plus three is five mars is a planet the sun is a star birds can fly"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small JSONL {"text"} corpus to train throwaway tokenizers on."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    with path.open("w") as f:
+        for _ in range(200):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(40))}) + "\n")
+    return path
