@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 from prefect.futures import PrefectFuture
 
 from solar.artifacts import StageResult
 from solar.plan import plan
-from solar.spec import PipelineSpec
+from solar.spec import PipelineSpec, load_spec
 from solar.tracking import end_pipeline
 from tasks.stages import STAGE_TASKS
 from tasks.tracking import start_tracking, summarize
 
 
-@flow(name="solar-pipeline", log_prints=True)
+@flow(name="solar-pipeline", log_prints=False)
 def pipeline(spec: PipelineSpec) -> list[dict]:
     """Run every stage of `spec` in dependency order; independent branches may overlap
     (up to `execution.max_parallel`). Returns the models x H6 table."""
@@ -37,3 +38,12 @@ def pipeline(spec: PipelineSpec) -> list[dict]:
         end_pipeline(tracking, failed=True)
         raise
     return summarize(results, tracking)
+
+
+@flow(name="solar-preset", log_prints=False)
+def pipeline_from_preset(
+    preset: Literal["tiny", "paper-ablation", "solar-10.7b"] = "paper-ablation",
+    overrides: list[str] | None = None,
+) -> list[dict]:
+    """Run a shipped preset, with `key.path=value` overrides (as `solar run --set`)."""
+    return pipeline(spec=load_spec(preset=preset, overrides=overrides or []))

@@ -102,7 +102,7 @@ class UpscaleSpec(Strict):
 class TrainSpec(Strict):
     """Optimisation settings shared by pretraining, SFT and DPO.
 
-    `bf16` and `gradient_checkpointing` left as null follow the device: off on CPU (where
+    `bf16` and `activation_checkpointing` left as null follow the device: off on CPU (where
     they make training ~10x slower), on for CUDA.
     """
 
@@ -118,7 +118,7 @@ class TrainSpec(Strict):
     logging_steps: PositiveInt = 5
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool | None = None
-    gradient_checkpointing: bool | None = None
+    activation_checkpointing: bool | None = None
 
 
 class PretrainSpec(Strict):

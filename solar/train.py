@@ -49,8 +49,8 @@ def trl_args(cfg: TrainSpec, out_dir: Path, **extra: Any) -> dict[str, Any]:
         logging_steps=cfg.logging_steps,
         use_cpu=not on_gpu,
         bf16=cfg.bf16 if cfg.bf16 is not None else (on_gpu and torch.cuda.is_bf16_supported()),
-        gradient_checkpointing=(
-            cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu
+        activation_checkpointing=(
+            cfg.activation_checkpointing if cfg.activation_checkpointing is not None else on_gpu
         ),
         save_strategy="no",
         report_to="none",

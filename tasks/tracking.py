@@ -17,14 +17,14 @@ from solar.tracking import TrackingContext, end_pipeline, log_summary, record_ca
 
 @task(name="start-tracking")
 def start_tracking(spec: PipelineSpec) -> TrackingContext:
-    url = flow_run.get_flow_run_url() or ""
-    tags = {"solar.pipeline": spec.name, "prefect.flow_run_id": str(flow_run.get_id() or "")}
+    url = flow_run.ui_url or ""
+    tags = {"solar.pipeline": spec.name, "prefect.flow_run_id": str(flow_run.id or "")}
     if url:
         tags["prefect.flow_run_url"] = url
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     return start_pipeline(
         spec.tracking.uri, spec.tracking.experiment or spec.name,
-        f"{spec.name}-{flow_run.get_name() or 'run'}", tags, spec_yaml,
+        f"{spec.name}-{flow_run.name or 'run'}", tags, spec_yaml,
     )
 
 

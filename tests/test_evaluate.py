@@ -50,7 +50,7 @@ def arc_row(rng: random.Random, i: int) -> dict[str, Any]:
         "id": f"arc-{i}",
         "question": sentence(rng) + "?",
         "choices": {
-            "text": [sentence(rng, 1, 4) for _ in range(4)],
+            "text": [sentence(rng, 1, 12) for _ in range(4)],  # lengths differ: acc != acc_norm
             "label": ["A", "B", "C", "D"],
         },
         "answerKey": rng.choice("ABCD"),
@@ -140,8 +140,7 @@ def build_tiny_model(out: Path) -> Path:
     from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
     rng = random.Random(1)
-    corpus = [sentence(rng, 3, 15) + rng.choice([".", "?", " #### 12", ": A. B. C. D."])
-              for _ in range(400)]
+    corpus = [sentence(rng, 3, 15) + rng.choice([".", "?", " #### 12", ": A. B. C. D."]) for _ in range(400)]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -232,7 +231,9 @@ def test_prompts_follow_harness_formats(run, data_dir: Path) -> None:
         assert context.startswith(
             f"The following are multiple choice questions (with answers) about {subject}.\n\n"
         )
-        assert context.count("\nAnswer:") == 6 and context.endswith("D. " + row["doc"]["choices"][3] + "\nAnswer:")
+        assert context.count("\nAnswer:") == 6 and context.endswith(
+            "D. " + row["doc"]["choices"][3] + "\nAnswer:"
+        )
         assert [arg[1] for arg in row["arguments"]] == [" A", " B", " C", " D"]
 
     tqa = load_samples(out, "truthfulqa")[0]
@@ -250,7 +251,7 @@ def test_arc_acc_norm_recomputed_from_loglikelihoods(run, model_dir: Path) -> No
     scores, out = run
     rows = load_samples(out, "arc")
     assert len(rows) == N_TEST
-    hits = []
+    hits, raw_hits = [], []
     for row in rows:
         lls = np.array([resp[0] for resp in row["filtered_resps"]], dtype=float)
         choices = row["doc"]["choices"]["text"]
@@ -258,8 +259,10 @@ def test_arc_acc_norm_recomputed_from_loglikelihoods(run, model_dir: Path) -> No
         # lm-eval normalises by len(choice) (characters, no leading space); ASCII here.
         lengths = np.array([len(c.encode("utf-8")) for c in choices], dtype=float)
         hits.append(float(np.argmax(lls / lengths) == gold))
+        raw_hits.append(float(np.argmax(lls) == gold))
         assert row["acc_norm"] == hits[-1]
     assert scores["arc"] == pytest.approx(np.mean(hits))
+    assert np.mean(raw_hits) != np.mean(hits)  # the fixture tells acc_norm from acc
 
     # The logged log-likelihoods themselves, recomputed with a plain forward pass.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -267,12 +270,12 @@ def test_arc_acc_norm_recomputed_from_loglikelihoods(run, model_dir: Path) -> No
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     row = rows[0]
-    for (context, continuation), resp in zip(row["arguments"], row["filtered_resps"]):
+    for (context, continuation), resp in zip(row["arguments"], row["filtered_resps"], strict=True):
         ctx_ids = tokenizer(context, add_special_tokens=False).input_ids
         all_ids = tokenizer(context + continuation, add_special_tokens=False).input_ids
-        cont_ids = all_ids[len(ctx_ids):]
+        cont_ids = all_ids[len(ctx_ids) :]
         with torch.no_grad():
-            logits = model(torch.tensor([all_ids[:-1]])).logits[0, -len(cont_ids):]
+            logits = model(torch.tensor([all_ids[:-1]])).logits[0, -len(cont_ids) :]
         ll = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont_ids)[:, None]).sum()
         assert float(ll) == pytest.approx(resp[0], abs=1e-3)
 
@@ -291,8 +294,8 @@ def test_acc_recomputed_from_loglikelihoods(run, short: str) -> None:
         if short == "winogrande":  # partial scoring: same suffix, one context per option
             blank = doc["sentence"].index("_")
             prefixes = [doc["sentence"][:blank] + doc[f"option{k}"] for k in (1, 2)]
-            assert [arg[0][-len(p):] for arg, p in zip(row["arguments"], prefixes)] == prefixes
-            suffix = " " + doc["sentence"][blank + 1:].strip()
+            assert [arg[0][-len(p) :] for arg, p in zip(row["arguments"], prefixes, strict=True)] == prefixes
+            suffix = " " + doc["sentence"][blank + 1 :].strip()
             assert {arg[1] for arg in row["arguments"]} == {suffix}
     assert scores[short] == pytest.approx(np.mean(hits))
 
@@ -312,9 +315,9 @@ def test_gsm8k_filters_on_handwritten_completions(data_dir: Path, tmp_path: Path
     from lm_eval.tasks import TaskManager
 
     render_task_configs(tmp_path, data_dir, {"gsm8k": TaskSettings()})
-    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(
-        ["h6_gsm8k"]
-    )["tasks"]["h6_gsm8k"]
+    task = TaskManager(include_path=str(tmp_path), include_defaults=False).load(["h6_gsm8k"])["tasks"][
+        "h6_gsm8k"
+    ]
     doc = {"question": "How many?", "answer": "6 * 7 = 42.\n#### 42"}
     completions = {
         "The answer is 6 * 7 = 42.\n#### 42": (1, 1),
@@ -322,11 +325,9 @@ def test_gsm8k_filters_on_handwritten_completions(data_dir: Path, tmp_path: Path
         "#### 42 as 6 * 7 is 2 less than 44": (1, 0),  # flexible takes the last number
         "#### 41": (0, 0),
     }
-    task._instances = [
-        Instance("generate_until", doc, ("ctx", {}), 0, resps=[text]) for text in completions
-    ]
+    task._instances = [Instance("generate_until", doc, ("ctx", {}), 0, resps=[text]) for text in completions]
     task.apply_filters()
-    for inst, expected in zip(task.instances, completions.values()):
+    for inst, expected in zip(task.instances, completions.values(), strict=True):
         got = tuple(
             task.process_results(doc, [inst.filtered_resps[name]])["exact_match"]
             for name in ("strict-match", "flexible-extract")

@@ -1,0 +1,147 @@
+"""End to end: the tiny preset through the Prefect flow, MLflow and the cache."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from solar.artifacts import is_complete, read_manifest, stage_dir
+from solar.plan import plan
+from solar.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    store = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(store)}), prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline")
+
+
+def tiny_spec(workdir, *overrides):
+    return load_spec(preset="tiny", overrides=[
+        f"execution.artifacts_dir={workdir / 'artifacts'}",
+        f"tracking.uri=sqlite:///{workdir / 'mlflow.db'}",
+        *overrides,
+    ])
+
+
+def run(spec):
+    state = pipeline(spec=spec, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.state_details.flow_run_id
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name ('Completed' or 'Cached') of one flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(),
+        )
+    return {r.name: r.state.name for r in runs}
+
+
+def child_runs(spec, parent_id):
+    client = MlflowClient(spec.tracking.uri)
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {r.info.run_name: r for r in runs}
+
+
+def parent_run(spec, flow_run_id):
+    client = MlflowClient(spec.tracking.uri)
+    exp = client.get_experiment_by_name(spec.name)
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    return run
+
+
+@pytest.fixture(scope="module")
+def first(harness, workdir):
+    spec = tiny_spec(workdir)
+    rows, flow_run_id = run(spec)
+    return spec, rows, flow_run_id
+
+
+def test_every_stage_builds_an_artifact(first):
+    spec, rows, _ = first
+    stages = plan(spec)
+    assert {s.kind for s in stages} == {
+        "base", "upscale", "pretrain", "data", "math-instruct", "math-alignment",
+        "sft", "merge", "dpo", "eval",
+    }
+    for s in stages:
+        out = stage_dir(spec.execution.artifacts_dir, s.kind, s.fingerprint)
+        assert is_complete(out, deep=True), s.name
+        assert read_manifest(out)["fingerprint"] == s.fingerprint
+    dus = stage_dir(spec.execution.artifacts_dir, "upscale", next(s for s in stages if s.kind == "upscale").fingerprint)
+    assert read_manifest(dus)["metrics"]["layers"] == 6  # 2 * (4 - 1)
+
+
+def test_the_table_has_every_evaluated_model_and_task(first):
+    spec, rows, _ = first
+    assert [r["model"] for r in rows] == spec.eval.models
+    for row in rows:
+        scores = [row[k] for k in ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")]
+        assert all(0 <= x <= 100 for x in scores)
+        assert row["h6"] == pytest.approx(sum(scores) / 6, abs=0.02)
+
+
+def test_mlflow_holds_a_child_run_per_stage_with_scores(first):
+    spec, rows, flow_run_id = first
+    parent = parent_run(spec, flow_run_id)
+    assert parent.info.status == "FINISHED"
+    children = child_runs(spec, parent.info.run_id)
+    assert set(children) == {s.name for s in plan(spec)}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+    for row in rows:
+        metrics = children[f"eval-{row['model']}"].data.metrics
+        assert metrics["h6"] * 100 == pytest.approx(row["h6"], abs=0.006)
+        assert set(metrics) >= {"arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"}
+    dpo = children["dpo"]
+    assert dpo.data.params["beta"] == "0.1"
+    history = MlflowClient(spec.tracking.uri).get_metric_history(dpo.info.run_id, "loss")
+    assert len(history) >= 1  # the training curve
+    assert children["pretrain"].data.metrics["heldout_loss"] < children["pretrain"].data.metrics["heldout_loss_before"]
+
+
+def test_identical_rerun_is_fully_cached(first, workdir):
+    spec, rows, _ = first
+    rerun_rows, flow_run_id = run(tiny_spec(workdir))
+    assert rerun_rows == rows
+    states = task_states(flow_run_id)
+    stage_states = {name: s for name, s in states.items() if ":" in name}
+    assert len(stage_states) == len(plan(spec))
+    assert set(stage_states.values()) == {"Cached"}, stage_states
+    children = child_runs(spec, parent_run(spec, flow_run_id).info.run_id)
+    assert {c.data.tags.get("solar.cached") for c in children.values()} == {"true"}
+
+
+def test_changed_dpo_beta_reruns_only_that_branch(first, workdir):
+    _, flow_run_id = run(tiny_spec(workdir, "dpo.dpo.beta=0.2"))
+    states = task_states(flow_run_id)
+    rebuilt = {name.split(":", 1)[1] for name, s in states.items() if ":" in name and s != "Cached"}
+    assert rebuilt == {"dpo", "eval-dpo"}
+
+
+def test_a_deleted_artifact_is_rebuilt_not_returned(first, workdir):
+    spec, _, _ = first
+    import shutil
+
+    merge = next(s for s in plan(spec) if s.kind == "merge")
+    shutil.rmtree(stage_dir(spec.execution.artifacts_dir, "merge", merge.fingerprint))
+    _, flow_run_id = run(tiny_spec(workdir))
+    states = task_states(flow_run_id)
+    assert states[f"merge:{merge.name}"] == "Completed"
+    assert is_complete(stage_dir(spec.execution.artifacts_dir, "merge", merge.fingerprint))
+    # Rebuilt bit-identically from the same inputs, so nothing downstream reruns.
+    assert states["dpo:dpo"] == "Cached"
