@@ -23,6 +23,9 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Idle OpenMP threads sleep instead of spinning: with spinning, torch on a 2-core
+    # machine slows ~10x whenever another process (the Prefect server) takes a core.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "plan":
             p.add_argument("--json", action="store_true", help="one JSON record per stage")
     args = parser.parse_args(argv)
+    for key, value in OFFLINE_ENV.items():  # before torch is imported
+        os.environ.setdefault(key, value)
 
     try:
         spec = load_spec(args.preset, args.spec, args.overrides)
@@ -76,8 +81,6 @@ def plan_command(spec: PipelineSpec, as_json: bool) -> int:
 
 
 def run_command(spec: PipelineSpec) -> int:
-    for key, value in OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
     root = Path(spec.execution.artifacts_dir).resolve()
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
 

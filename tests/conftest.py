@@ -8,6 +8,7 @@ for key, value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",  # see flows/cli.py
 }.items():
     os.environ[key] = value
 
