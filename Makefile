@@ -1,5 +1,5 @@
 # make run    set up .venv and run the paper-ablation DAG on the embedded default
-# make test   set up .venv and run the test suite
+# make test   set up .venv, lint, and run the test suite
 # make setup  set up .venv only (a no-op when it is current)
 
 PYTHON ?= python3
@@ -37,6 +37,7 @@ plan: setup
 	$(BIN)/solar plan --preset $(PRESET)
 
 test: setup
+	$(BIN)/ruff check solar tasks flows tests
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -55,7 +55,7 @@ def merge_models(
     """Merge models that share an architecture into `out_dir` (config and tokenizer of the
     first input). Raises if the inputs' tensor names or shapes differ."""
     configs = [json.loads((d / "config.json").read_text()) for d in model_dirs]
-    for d, c in zip(model_dirs[1:], configs[1:]):
+    for d, c in zip(model_dirs[1:], configs[1:], strict=True):
         for key in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size"):
             if c.get(key) != configs[0].get(key):
                 raise ValueError(
@@ -66,7 +66,7 @@ def merge_models(
     with ExitStack() as stack:
         readers = [_open_all(d, stack) for d in model_dirs]
         names = sorted(readers[0])
-        for d, r in zip(model_dirs[1:], readers[1:]):
+        for d, r in zip(model_dirs[1:], readers[1:], strict=True):
             if sorted(r) != names:
                 missing = set(names) ^ set(r)
                 raise ValueError(f"merge: {d} differs in tensor names, e.g. {sorted(missing)[:3]}")

@@ -357,7 +357,7 @@ def check_references(spec: PipelineSpec) -> None:
         "pretrain.base": "model",
         "pretrain.corpus": "text",
     }
-    for name, refs in dependencies(spec).items():
+    for refs in dependencies(spec).values():
         for ref, field in refs:
             if ref not in kinds:
                 raise ValueError(f"{field}: {ref!r} names no stage; stages are {sorted(kinds)}")

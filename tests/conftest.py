@@ -1,4 +1,8 @@
+import json
 import os
+import random
+
+import pytest
 
 # Tests never reach a hub, and nothing phones home.
 for key, value in {
@@ -12,11 +16,6 @@ for key, value in {
 }.items():
     os.environ[key] = value
 
-
-import json
-import random
-
-import pytest
 
 WORDS = (
     "the cat sat on a mat water boils at one hundred degrees paris is the capital of france "
