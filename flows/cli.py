@@ -3,6 +3,7 @@
     solar plan --preset paper-ablation [--json]
     solar run --preset paper-ablation [--set dpo.dpo-v1.beta=0.2]
     solar run --spec my.yaml
+    solar report --preset paper-ablation [--run-id ID]
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="solar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("plan", "validate a spec and print its DAG"), ("run", "run a pipeline")):
+    for name, help_ in (
+        ("plan", "validate a spec and print its DAG"),
+        ("run", "run a pipeline"),
+        ("report", "print the models x H6 table of a finished run"),
+    ):
         p = sub.add_parser(name, help=help_)
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--preset", choices=PRESETS)
@@ -42,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a spec field, e.g. dpo.dpo-v1.beta=0.2 (repeatable)")
         if name == "plan":
             p.add_argument("--json", action="store_true", help="one JSON record per stage")
+        if name == "report":
+            p.add_argument("--run-id", help="the MLflow parent run (default: the latest)")
     args = parser.parse_args(argv)
     for key, value in OFFLINE_ENV.items():  # before torch is imported
         os.environ.setdefault(key, value)
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "plan":
         return plan_command(spec, args.json)
+    if args.command == "report":
+        return report_command(spec, args.run_id)
     return run_command(spec)
 
 
@@ -92,6 +101,23 @@ def run_command(spec: PipelineSpec) -> int:
     flow = pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.execution.max_parallel))
     rows = flow(spec=spec)
     print_table(rows, f"{spec.name}: models x H6 (%)")
+    return 0
+
+
+def report_command(spec: PipelineSpec, run_id: str | None) -> int:
+    import csv
+
+    from solar.report import print_table
+    from solar.tracking import pipeline_summary
+
+    try:
+        run_id, text = pipeline_summary(spec.tracking.uri, spec.tracking.experiment or spec.name, run_id)
+    except Exception as e:  # no experiment, no run, no artifact
+        print(f"solar: no report: {e}", file=sys.stderr)
+        return 1
+    rows = [{k: (v if k == "model" or v == "" else float(v)) for k, v in row.items() if v != ""}
+            for row in csv.DictReader(text.splitlines())]
+    print_table(rows, f"{spec.name}: models x H6 (%), run {run_id}")
     return 0
 
 

@@ -37,7 +37,7 @@ def pipeline(spec: PipelineSpec) -> list[dict]:
     except BaseException:
         end_pipeline(tracking, failed=True)
         raise
-    return summarize(results, tracking)
+    return summarize(spec, results, tracking)
 
 
 @flow(name="solar-preset", log_prints=False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 
 from solar.artifacts import StageResult
+from solar.spec import PipelineSpec
 
 COLUMNS = (
     ("arc", "ARC"),
@@ -30,16 +32,6 @@ def score_rows(evals: list[StageResult]) -> list[dict[str, float | str]]:
     return rows
 
 
-def to_markdown(rows: list[dict[str, float | str]]) -> str:
-    header = "| Model | " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
-    lines = [header, rule]
-    for row in rows:
-        cells = [f"{row[k]:.2f}" if k in row else "-" for k, _ in COLUMNS]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def to_csv(rows: list[dict[str, float | str]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["model"] + [k for k, _ in COLUMNS])
@@ -59,3 +51,73 @@ def print_table(rows: list[dict[str, float | str]], title: str) -> None:
     for row in rows:
         table.add_row(str(row["model"]), *(f"{row[k]:.2f}" if k in row else "-" for k, _ in COLUMNS))
     Console().print(table)
+
+
+def _cells(row: dict[str, float | str]) -> list[str]:
+    return [f"{row[k]:.2f}" if k in row else "-" for k, _ in COLUMNS]
+
+
+def _md_table(header: list[str], lines: list[list[str]], numeric_from: int) -> str:
+    align = ["---"] * numeric_from + ["---:"] * (len(header) - numeric_from)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out) + "\n"
+
+
+def paper_tables(spec: PipelineSpec, rows: list[dict[str, float | str]]) -> str:
+    """The report in the layout of the paper's Tables 3-5 (O/X marks which datasets a
+    variant trained on) and its merge tables, in markdown."""
+    scores = {str(r["model"]): r for r in rows}
+    titles = [t for _, t in COLUMNS]
+    parts = [f"# {spec.name}: H6 (%)\n", _md_table(["Model"] + titles, [
+        [str(r["model"])] + _cells(r) for r in rows], 1)]
+
+    def variant_table(title: str, variants: list, with_base: bool) -> None:
+        evaluated = [v for v in variants if v.name in scores]
+        if not evaluated:
+            return
+        datasets = list(dict.fromkeys(d for v in evaluated for d in v.datasets))
+        header = ["Model"] + (["Base"] if with_base else []) + datasets + titles
+        lines = [
+            [v.name] + ([v.base] if with_base else [])
+            + ["O" if d in v.datasets else "X" for d in datasets] + _cells(scores[v.name])
+            for v in evaluated
+        ]
+        parts.append(f"\n## {title}\n\n" + _md_table(header, lines, len(header) - len(titles)))
+
+    variant_table("SFT variants (as Table 3)", spec.sft, with_base=False)
+    variant_table("DPO variants (as Tables 4-5)", spec.dpo, with_base=True)
+    merges = [m for m in spec.merges if m.name in scores]
+    if merges:
+        lines = []
+        for m in merges:
+            how = m.method + (f" t={m.t}" if m.t is not None else "")
+            weights = m.weights or [1.0] * len(m.models)
+            inputs = " + ".join(f"{w:g}*{x}" for w, x in zip(weights, m.models, strict=True))
+            lines.append([m.name, how, inputs] + _cells(scores[m.name]))
+        parts.append("\n## Merges (as Tables 6-7)\n\n" + _md_table(["Model", "Method", "Inputs"] + titles, lines, 3))
+    return "".join(parts)
+
+
+def bar_chart(rows: list[dict[str, float | str]], path: Path, title: str) -> None:
+    """Grouped bars: one group per task (and H6), one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k, _ in COLUMNS]
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(keys)), 4.5), dpi=110)
+    for i, row in enumerate(rows):
+        xs = [j + i * width - 0.4 + width / 2 for j in range(len(keys))]
+        ax.bar(xs, [float(row.get(k, 0.0)) for k in keys], width, label=str(row["model"]))
+    ax.set_xticks(range(len(keys)), [t for _, t in COLUMNS])
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(5, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.08))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

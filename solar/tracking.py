@@ -124,7 +124,7 @@ def _metric_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in key)
 
 
-def record_cached(ctx: TrackingContext, result) -> None:
+def record_cached(ctx: TrackingContext, result) -> str:
     """A child run for a stage this pipeline run reused, pointing at the run that built it,
     with its metrics, so every pipeline run holds a full set of child runs to compare."""
     c = client(ctx.uri)
@@ -143,10 +143,35 @@ def record_cached(ctx: TrackingContext, result) -> None:
     )
     StageRun(ctx, run.info.run_id).log(result.metrics)
     c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
-def log_summary(ctx: TrackingContext, files: dict[str, str], metrics: dict[str, float]) -> None:
-    """Attach summary files (name -> text) and metrics to the pipeline's parent run."""
-    for name, text in files.items():
-        client(ctx.uri).log_text(ctx.parent_run_id, text, name)
+def log_summary(
+    ctx: TrackingContext, texts: dict[str, str], files: list[Path], metrics: dict[str, float]
+) -> None:
+    """Attach summary texts (name -> text), files and metrics to the pipeline's parent run."""
+    c = client(ctx.uri)
+    for name, text in texts.items():
+        c.log_text(ctx.parent_run_id, text, name)
+    for path in files:
+        c.log_artifact(ctx.parent_run_id, str(path), "summary")
     StageRun(ctx, ctx.parent_run_id).log(metrics)
+
+
+def pipeline_summary(uri: str | None, experiment: str, run_id: str | None = None) -> tuple[str, str]:
+    """(run id, summary/h6.csv text) of a pipeline run: `run_id`, or the experiment's latest."""
+    c = client(resolve_uri(uri))
+    if run_id is None:
+        exp = c.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ValueError(f"no MLflow experiment {experiment!r} at {resolve_uri(uri)}")
+        runs = c.search_runs(
+            [exp.experiment_id], "tags.`solar.pipeline` != '' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=50,
+        )
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        if not parents:
+            raise ValueError(f"experiment {experiment!r} has no finished pipeline run")
+        run_id = parents[0].info.run_id
+    path = c.download_artifacts(run_id, "summary/h6.csv")
+    return run_id, Path(path).read_text()

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import yaml
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from solar import report
 from solar.artifacts import StageResult
 from solar.spec import PipelineSpec
-from solar.tracking import TrackingContext, end_pipeline, log_summary, record_cached, start_pipeline
+from solar.tracking import (
+    StageRun,
+    TrackingContext,
+    end_pipeline,
+    log_summary,
+    record_cached,
+    start_pipeline,
+)
 
 
 @task(name="start-tracking")
@@ -29,19 +38,33 @@ def start_tracking(spec: PipelineSpec) -> TrackingContext:
 
 
 @task(name="summarize")
-def summarize(results: dict[str, StageResult], tracking: TrackingContext) -> list[dict]:
-    """Record stages reused from earlier runs, log the H6 table, close the parent run."""
+def summarize(
+    spec: PipelineSpec, results: dict[str, StageResult], tracking: TrackingContext
+) -> list[dict]:
+    """Record stages reused from earlier runs, put each model's scores on its child run,
+    log the paper-layout tables and chart, close the parent run."""
+    run_ids = {}
     for result in results.values():
-        if result.parent_run_id != tracking.parent_run_id:
-            record_cached(tracking, result)
-    rows = report.score_rows([r for r in results.values() if r.kind == "eval"])
-    log_summary(
-        tracking,
-        {"summary/h6.md": report.to_markdown(rows), "summary/h6.csv": report.to_csv(rows)},
-        {f"h6.{row['model']}": row["h6"] for row in rows if "h6" in row},
-    )
+        reused = result.parent_run_id != tracking.parent_run_id
+        run_ids[result.name] = record_cached(tracking, result) if reused else result.run_id
+    evals = [r for r in results.values() if r.kind == "eval"]
+    for r in evals:  # so the compare view over model runs lines the variants up
+        StageRun(tracking, run_ids[r.name.removeprefix("eval-")]).log(r.metrics)
+    rows = report.score_rows(evals)
+    tables = report.paper_tables(spec, rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "h6.png"
+        if rows:
+            report.bar_chart(rows, chart, f"{spec.name}: H6 by task (%)")
+        log_summary(
+            tracking,
+            {"summary/h6.md": tables, "summary/h6.csv": report.to_csv(rows)},
+            [chart] if rows else [],
+            {f"h6.{row['model']}": row["h6"] for row in rows if "h6" in row},
+        )
     if rows:
         key = re.sub(r"[^a-z0-9-]", "-", f"{tracking.pipeline}-h6")
         create_table_artifact(rows, key=key, description="Models x H6 (percent)")
+        create_markdown_artifact(tables, key=f"{key}-tables", description="Paper-layout tables")
     end_pipeline(tracking)
     return rows

@@ -145,3 +145,28 @@ def test_a_deleted_artifact_is_rebuilt_not_returned(first, workdir):
     assert is_complete(stage_dir(spec.execution.artifacts_dir, "merge", merge.fingerprint))
     # Rebuilt bit-identically from the same inputs, so nothing downstream reruns.
     assert states["dpo:dpo"] == "Cached"
+
+
+def test_parent_run_holds_the_report_and_model_runs_hold_their_scores(first):
+    spec, rows, flow_run_id = first
+    client = MlflowClient(spec.tracking.uri)
+    parent = parent_run(spec, flow_run_id)
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert files == {"summary/h6.md", "summary/h6.csv", "summary/h6.png"}
+    table = client.download_artifacts(parent.info.run_id, "summary/h6.md")
+    text = open(table).read()
+    assert "## DPO variants" in text and "| dpo | sft-a+b | O | O |" in text
+    children = child_runs(spec, parent.info.run_id)
+    for row in rows:
+        model_metrics = children[row["model"]].data.metrics
+        assert model_metrics["h6"] == children[f"eval-{row['model']}"].data.metrics["h6"]
+
+
+def test_solar_report_prints_the_latest_runs_table(first, workdir, capsys):
+    from flows.cli import main
+
+    spec, rows, _ = first
+    assert main(["report", "--preset", "tiny", "--set", f"tracking.uri={spec.tracking.uri}"]) == 0
+    out = capsys.readouterr().out
+    for row in rows:
+        assert row["model"] in out and f"{row['h6']:.2f}" in out
