@@ -1,47 +1,144 @@
-"""Model merging: weighted average (the paper's) and SLERP, tensor by tensor.
+"""Model merging, tensor by tensor and row range by row range.
 
-The arithmetic is pure and small; `merge_models` reads one tensor name at a time from
-every input and applies it. (The merged model is held in memory until it is written.)
+Methods (pure functions below, float32 arithmetic):
+  linear            sum_i w_i t_i / sum_i w_i (the paper's)
+  slerp             spherical interpolation of two models at t
+  task_arithmetic   base + scale * sum_i w_i (t_i - base)
+  ties              base + scale * disjoint mean of the trimmed, sign-agreeing task vectors
+  dare              base + scale * sum_i w_i mask_i (t_i - base) / density, mask_i ~ Bernoulli(density)
+
+`merge_models` checks every input (architecture, tensor names and shapes, tokenizer) from
+configs and safetensors headers before reading a tensor, then streams: slerp and ties make
+a first pass over a tensor for its norms or trim thresholds, every method writes its output
+chunk by chunk, shard by shard.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from contextlib import ExitStack
+import math
+import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from solar.model import copy_tokenizer
+from solar.tensorio import (
+    CODES,
+    DTYPES,
+    OutTensor,
+    ShardFile,
+    TensorInfo,
+    carry_files,
+    model_tensors,
+    read_rows,
+    row_chunks,
+    tokenizer_vocab,
+    write_model,
+)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BASE_METHODS = ("task_arithmetic", "ties", "dare")
+METHODS = ("linear", "slerp", *BASE_METHODS)
+CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 per input per chunk: fast, and little memory
+OUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONFIG_KEYS = ("model_type", "architectures", "num_hidden_layers", "hidden_size", "vocab_size")
 
 
 def linear(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """sum_i w_i * t_i / sum_i w_i, accumulated in float32."""
     total = sum(weights)
-    out = torch.zeros_like(tensors[0], dtype=torch.float32)
-    for t, w in zip(tensors, weights, strict=True):
-        out += t.to(torch.float32) * (w / total)
+    out = tensors[0].to(torch.float32, copy=True).mul_(weights[0] / total)
+    for t, w in zip(tensors[1:], weights[1:], strict=True):
+        out += t.to(torch.float32, copy=True).mul_(w / total)
     return out
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float, eps: float = 1e-8) -> torch.Tensor:
-    """Spherical interpolation between a and b (flattened); linear when nearly parallel."""
-    a32, b32 = a.to(torch.float32).flatten(), b.to(torch.float32).flatten()
-    na, nb = a32.norm(), b32.norm()
+def slerp_coefficients(dot: float, na: float, nb: float, t: float, eps: float = 1e-8) -> tuple[float, float]:
+    """(ca, cb) with slerp(a, b) = ca*a + cb*b, from a.b, |a| and |b|; linear when either
+    norm vanishes or a and b are nearly parallel."""
     if na < eps or nb < eps:
-        return ((1 - t) * a32 + t * b32).view(a.shape)
-    cos = torch.clamp(torch.dot(a32 / na, b32 / nb), -1.0, 1.0)
-    theta = torch.arccos(cos)
-    if theta.abs() < 1e-4:
-        out = (1 - t) * a32 + t * b32
-    else:
-        s = torch.sin(theta)
-        out = (torch.sin((1 - t) * theta) / s) * a32 + (torch.sin(t * theta) / s) * b32
-    return out.view(a.shape)
+        return 1 - t, t
+    theta = math.acos(max(-1.0, min(1.0, dot / (na * nb))))
+    if abs(theta) < 1e-4:
+        return 1 - t, t
+    s = math.sin(theta)
+    return math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between a and b (as flat vectors)."""
+    a32, b32 = a.to(torch.float32), b.to(torch.float32)
+    dot, na, nb = _dot_norms(a32, b32)
+    ca, cb = slerp_coefficients(dot, math.sqrt(na), math.sqrt(nb), t)
+    return ca * a32 + cb * b32
+
+
+def task_arithmetic(base: torch.Tensor, tensors: list[torch.Tensor], weights: list[float],
+                    scale: float = 1.0) -> torch.Tensor:
+    """base + scale * sum_i w_i (t_i - base)."""
+    b = base.to(torch.float32)
+    delta = sum(w * (t.to(torch.float32) - b) for t, w in zip(tensors, weights, strict=True))
+    return b + scale * delta
+
+
+def dare_mask(shape: tuple[int, ...], density: float, seed: int) -> torch.Tensor:
+    """Keep-mask of DARE: each entry kept with probability `density`, from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g) < density
+
+
+def dare(base: torch.Tensor, tensors: list[torch.Tensor], weights: list[float], density: float,
+         scale: float, seeds: list[int]) -> torch.Tensor:
+    """Task arithmetic on task vectors randomly dropped to `density` and rescaled by 1/density."""
+    b = base.to(torch.float32)
+    delta = torch.zeros_like(b)
+    for t, w, s in zip(tensors, weights, seeds, strict=True):
+        delta += w * (t.to(torch.float32) - b) * dare_mask(b.shape, density, s) / density
+    return b + scale * delta
+
+
+def ties(base: torch.Tensor, tensors: list[torch.Tensor], weights: list[float], density: float,
+         scale: float, thresholds: list[float] | None = None) -> torch.Tensor:
+    """TIES: trim each task vector to its top-`density` magnitudes (|d| >= threshold), elect
+    the sign of sum_i w_i d_i per entry, average the agreeing entries weighted by w_i.
+    `thresholds` (one per model) default to those of these tensors alone."""
+    b = base.to(torch.float32)
+    deltas = [t.to(torch.float32) - b for t in tensors]
+    if thresholds is None:
+        k = keep_count(b.numel(), density)
+        thresholds = [kth_largest(lambda d=d: [d.abs()], k) for d in deltas]
+    trimmed = [d * (d.abs() >= th) for d, th in zip(deltas, thresholds, strict=True)]
+    sign = torch.sign(sum(w * d for d, w in zip(trimmed, weights, strict=True)))
+    num, den = torch.zeros_like(b), torch.zeros_like(b)
+    for d, w in zip(trimmed, weights, strict=True):
+        agree = (torch.sign(d) == sign) & (d != 0)
+        num += w * d * agree
+        den += w * agree
+    return b + scale * torch.where(den != 0, num / den.where(den != 0, 1.0), 0.0)
+
+
+def keep_count(numel: int, density: float) -> int:
+    return max(1, min(numel, math.ceil(density * numel)))
+
+
+def kth_largest(chunks: Callable[[], Iterable[torch.Tensor]], k: int) -> float:
+    """Exact k-th largest of non-negative values given in chunks (a fresh iterable per
+    call), in two histogram passes over float32 bit patterns: no sort of the whole tensor."""
+    def hist(select: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        h = torch.zeros(65536, dtype=torch.int64)
+        for c in chunks():
+            h += torch.bincount(select(c.to(torch.float32).reshape(-1).view(torch.int32)), minlength=65536)
+        return h
+
+    def pick(h: torch.Tensor, k: int) -> tuple[int, int]:  # bin holding the k-th from the top
+        cum = h.flip(0).cumsum(0)
+        i = int(torch.searchsorted(cum, torch.tensor(k)))
+        return 65535 - i, int(cum[i - 1]) if i else 0
+
+    hi, above = pick(hist(lambda bits: bits >> 16), k)
+    lo, _ = pick(hist(lambda bits: bits[(bits >> 16) == hi] & 0xFFFF), k - above)
+    return struct.unpack("<f", struct.pack("<i", (hi << 16) | lo))[0]
 
 
 def merge_models(
@@ -51,55 +148,122 @@ def merge_models(
     weights: list[float] | None = None,
     t: float | None = None,
     dtype: str | None = None,
+    base: Path | None = None,
+    density: float | None = None,
+    scale: float | None = None,
+    seed: int | None = None,
+    tokenizer_policy: str = "require_same",
+    shard_bytes: int = 1_000_000_000,
 ) -> dict[str, float]:
     """Merge models that share an architecture into `out_dir` (config and tokenizer of the
-    first input). Raises if the inputs' tensor names or shapes differ."""
-    configs = [json.loads((d / "config.json").read_text()) for d in model_dirs]
-    for d, c in zip(model_dirs[1:], configs[1:], strict=True):
-        for key in ("model_type", "num_hidden_layers", "hidden_size", "vocab_size"):
+    first input). task_arithmetic, ties and dare need `base`. Everything is checked before
+    a tensor is read: configs, tensor names and shapes, and (unless tokenizer_policy is
+    `first`) that every tokenizer.json has the same vocabulary."""
+    if method not in METHODS:
+        raise ValueError(f"merge: unknown method {method!r}; methods are {', '.join(METHODS)}")
+    if method == "slerp" and (t is None or len(model_dirs) != 2):
+        raise ValueError("merge: slerp merges exactly 2 models and needs t")
+    if method in ("ties", "dare") and density is None:
+        raise ValueError(f"merge: {method} needs density")
+    if (base is not None) != (method in BASE_METHODS):
+        raise ValueError(f"merge: method {method} {'needs' if base is None else 'takes no'} base model")
+    dirs = model_dirs + ([base] if base is not None else [])
+    configs = [json.loads((d / "config.json").read_text()) for d in dirs]
+    for d, c in zip(dirs[1:], configs[1:], strict=True):
+        for key in CONFIG_KEYS:
             if c.get(key) != configs[0].get(key):
-                raise ValueError(
-                    f"merge: {d} has {key}={c.get(key)!r}, {model_dirs[0]} has {configs[0].get(key)!r}"
-                )
-    weights = weights or [1.0] * len(model_dirs)
+                raise ValueError(f"merge: {d} has {key}={c.get(key)!r}, {dirs[0]} has {configs[0].get(key)!r}")
+    if tokenizer_policy == "require_same":
+        vocab = tokenizer_vocab(dirs[0])
+        for d in dirs[1:]:
+            if tokenizer_vocab(d) != vocab:
+                raise ValueError(f"merge: {d}/tokenizer.json differs from {dirs[0]}/tokenizer.json "
+                                 "(tokenizer_policy: require_same)")
+    infos = [model_tensors(d) for d in dirs]
+    for d, info in zip(dirs[1:], infos[1:], strict=True):
+        if info.keys() != infos[0].keys():
+            raise ValueError(f"merge: {d} differs in tensor names, e.g. {sorted(info.keys() ^ infos[0].keys())[:3]}")
+        for name, i in info.items():
+            if i.shape != infos[0][name].shape:
+                raise ValueError(f"merge: tensor {name} has shapes {i.shape} in {d}, {infos[0][name].shape} in {dirs[0]}")
+    weights = list(weights) if weights else [1.0] * len(model_dirs)
+    method_args = {"t": t, "density": density, "scale": 1.0 if scale is None else scale, "seed": seed or 0}
+    out_tensors = [_out_tensor(infos[0][name], dtype) for name in sorted(infos[0])]
 
-    with ExitStack() as stack:
-        readers = [_open_all(d, stack) for d in model_dirs]
-        names = sorted(readers[0])
-        for d, r in zip(model_dirs[1:], readers[1:], strict=True):
-            if sorted(r) != names:
-                missing = set(names) ^ set(r)
-                raise ValueError(f"merge: {d} differs in tensor names, e.g. {sorted(missing)[:3]}")
-        merged = {}
-        for name in names:
-            tensors = [r[name].get_tensor(name) for r in readers]
-            shapes = {tuple(x.shape) for x in tensors}
-            if len(shapes) > 1:
-                raise ValueError(f"merge: tensor {name} has shapes {sorted(shapes)} across inputs")
-            out_dtype = DTYPES[dtype] if dtype else tensors[0].dtype
-            if method == "linear":
-                merged[name] = linear(tensors, weights).to(out_dtype)
-            else:
-                merged[name] = slerp(tensors[0], tensors[1], t).to(out_dtype)
-            if not torch.isfinite(merged[name]).all():
-                raise ValueError(f"merge: tensor {name} has non-finite values after merging")
-    save_file(merged, out_dir / "model.safetensors", metadata={"format": "pt"})
+    def fill(out: OutTensor, f: ShardFile) -> None:
+        srcs = [info[out.name] for info in infos]
+        if not DTYPES[srcs[0].dtype].is_floating_point:  # integer buffers: the first model's
+            return f.copy(srcs[0])
+        for chunk in merge_tensor(method, srcs[: len(model_dirs)], srcs[len(model_dirs)] if base else None,
+                                  weights, **method_args):
+            # A finite sum is the fast check; only a non-finite one looks at every entry.
+            if not torch.isfinite(chunk.sum()) and not torch.isfinite(chunk).all():
+                raise ValueError(f"merge: tensor {out.name} has non-finite values after merging")
+            f.write_tensor(chunk.to(DTYPES[out.dtype]))
+
+    total = write_model(out_dir, out_tensors, fill, shard_bytes)
     config = dict(configs[0])
     if dtype:
         config["dtype"] = dtype
+        config.pop("torch_dtype", None)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    copy_tokenizer(model_dirs[0], out_dir)
-    return {"inputs": float(len(model_dirs)), "tensors": float(len(merged))}
+    carry_files(model_dirs[0], out_dir)
+    return {"inputs": float(len(model_dirs)), "tensors": float(len(out_tensors)), "bytes": float(total)}
 
 
-def _open_all(model_dir: Path, stack: ExitStack) -> dict:
-    """Map each tensor name to the open safetensors file that holds it."""
-    shards = sorted(model_dir.glob("*.safetensors"))
-    if not shards:
-        raise FileNotFoundError(f"merge: no .safetensors weights in {model_dir}")
-    index = {}
-    for shard in shards:
-        f = stack.enter_context(safe_open(shard, framework="pt"))
-        for key in f.keys():
-            index[key] = f
-    return index
+def merge_tensor(method: str, srcs: list[TensorInfo], base: TensorInfo | None, weights: list[float],
+                 t: float | None, density: float | None, scale: float, seed: int):
+    """Yield the merged tensor in row chunks, read from the inputs' files."""
+    chunks = row_chunks(srcs[0], CHUNK_ELEMENTS)
+
+    def read(i: TensorInfo, r: tuple[int, int]) -> torch.Tensor:
+        return read_rows(i, *r)
+
+    if method == "slerp":
+        dot = na = nb = 0.0
+        for r in chunks:
+            d, a2, b2 = _dot_norms(read(srcs[0], r).float(), read(srcs[1], r).float())
+            dot, na, nb = dot + d, na + a2, nb + b2
+        ca, cb = slerp_coefficients(dot, math.sqrt(na), math.sqrt(nb), t)
+    thresholds = None
+    if method == "ties":
+        k = keep_count(math.prod(srcs[0].shape), density)
+        thresholds = [
+            kth_largest(lambda s=s: ((read(s, r).float() - read(base, r).float()).abs() for r in chunks), k)
+            for s in srcs
+        ]
+    for r in chunks:
+        xs = [read(s, r) for s in srcs]
+        b = read(base, r) if base is not None else None
+        if method == "linear":
+            yield linear(xs, weights)
+        elif method == "slerp":
+            yield ca * xs[0].float() + cb * xs[1].float()
+        elif method == "task_arithmetic":
+            yield task_arithmetic(b, xs, weights, scale)
+        elif method == "ties":
+            yield ties(b, xs, weights, density, scale, thresholds)
+        elif method == "dare":
+            seeds = [chunk_seed(seed, srcs[0].name, i, r[0]) for i in range(len(xs))]
+            yield dare(b, xs, weights, density, scale, seeds)
+        else:
+            raise ValueError(f"merge: unknown method {method!r}")
+
+
+def chunk_seed(seed: int, name: str, model: int, row: int) -> int:
+    """A DARE mask seed per (spec seed, tensor, model, first row): deterministic and
+    independent of the order tensors are processed in."""
+    h = hashlib.sha256(f"{seed}:{name}:{model}:{row}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def _dot_norms(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    return float(a @ b), float(a @ a), float(b @ b)
+
+
+def _out_tensor(info: TensorInfo, dtype: str | None) -> OutTensor:
+    """The output tensor: the spec's dtype for floating tensors, else the input's."""
+    if dtype and DTYPES[info.dtype].is_floating_point:
+        return OutTensor(info.name, CODES[OUT_DTYPES[dtype]], info.shape)
+    return OutTensor(info.name, info.dtype, info.shape)

@@ -16,22 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from solar import __version__
-from solar.spec import MODEL_KINDS, PipelineSpec, dependencies, topological_order
+from solar.spec import MODEL_KINDS, PipelineSpec, decontam_targets, dependencies, topological_order
 
 SOLAR_DIR = Path(__file__).resolve().parent
 
 # The library modules whose source each stage kind's output depends on.
 KIND_MODULES: dict[str, tuple[str, ...]] = {
     "base": ("model.py",),
-    "upscale": ("dus.py", "model.py"),
+    "upscale": ("dus.py", "tensorio.py", "model.py"),
     "pretrain": ("train.py", "data.py"),
     "data": ("data.py",),
     "math-instruct": ("synth.py", "data.py"),
     "math-alignment": ("synth.py", "data.py"),
+    "decontam": ("decontam.py", "data.py"),
     "sft": ("train.py", "data.py"),
-    "merge": ("merge.py", "model.py"),
+    "merge": ("merge.py", "tensorio.py", "model.py"),
     "dpo": ("train.py", "data.py"),
     "eval": ("evaluate.py",),
+    "perplexity": ("perplexity.py", "model.py"),
 }
 
 
@@ -85,24 +87,53 @@ def plan(spec: PipelineSpec) -> list[Stage]:
     """All stages of the pipeline in dependency order, evaluation stages last."""
     params = stage_params(spec)
     deps = dependencies(spec)
+    cleaned = decontam_targets(spec)  # dataset -> its decontam stage, which trainers read
+    stepwise = {d.name for d in spec.dpo if d.sdpo and len(d.datasets) > 1}
     fps: dict[str, str] = {}
     stages: list[Stage] = []
     for name in topological_order(spec):
         kind, p = params[name]
-        inputs = tuple(ref for ref, _ in deps[name])
+        trains = kind in ("pretrain", "sft", "dpo")
+        inputs = tuple(cleaned.get(ref, ref) if trains else ref for ref, _ in deps[name])
+        if name in stepwise:
+            stages += sdpo_steps(name, p, inputs, fps)
+            continue
         fps[name] = fingerprint(kind, p, [fps[i] for i in inputs])
         stages.append(Stage(name, kind, inputs, p, fps[name]))
+        if name in cleaned:
+            dp = decontam_params(spec)
+            fps[cleaned[name]] = fingerprint("decontam", dp, [fps[name]])
+            stages.append(Stage(cleaned[name], "decontam", (name,), dp, fps[cleaned[name]]))
     if spec.eval:
         ev = spec.eval
         targets = [s.name for s in stages if s.is_model] if ev.models == "all" else ev.models
-        p = ev.model_dump(mode="json", exclude={"models"})
+        p = ev.model_dump(mode="json", exclude={"models", "perplexity_corpus"})
         p["harness"] = _harness_version()
         if ev.data.startswith("embedded:"):
             p["data_digest"] = _embedded_dir_digest(ev.data.removeprefix("embedded:"))
         for model in targets:
             fp = fingerprint("eval", p, [fps[model]])
             stages.append(Stage(f"eval-{model}", "eval", (model,), p, fp))
+        if ev.perplexity_corpus:
+            corpus = ev.perplexity_corpus
+            pp = {"max_length": 256, "batch_size": ev.batch_size}
+            for model in [s.name for s in stages if s.is_model]:
+                fp = fingerprint("perplexity", pp, [fps[model], fps[corpus]])
+                stages.append(Stage(f"ppl-{model}", "perplexity", (model, corpus), pp, fp))
     return stages
+
+
+def sdpo_steps(name: str, p: dict[str, Any], inputs: tuple[str, ...], fps: dict[str, str]) -> list[Stage]:
+    """sDPO: one DPO stage per dataset, each starting from (and referenced to) the last.
+    A step's fingerprint depends only on the steps before it, so adding a step reuses them."""
+    previous, *datasets = inputs
+    steps = []
+    for t, data in enumerate(datasets, 1):
+        step = name if t == len(datasets) else f"{name}.step{t}"
+        fps[step] = fingerprint("dpo", p, [fps[previous], fps[data]])
+        steps.append(Stage(step, "dpo", (previous, data), p, fps[step]))
+        previous = step
+    return steps
 
 
 def stage_params(spec: PipelineSpec) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -133,10 +164,20 @@ def stage_params(spec: PipelineSpec) -> dict[str, tuple[str, dict[str, Any]]]:
     for s in spec.sft:
         out[s.name] = ("sft", s.model_dump(mode="json", exclude={"name", "base", "datasets"}))
     for m in spec.merges:
-        out[m.name] = ("merge", m.model_dump(mode="json", exclude={"name", "models"}))
+        out[m.name] = ("merge", m.model_dump(mode="json", exclude={"name", "models", "base"}))
     for d in spec.dpo:
-        out[d.name] = ("dpo", d.model_dump(mode="json", exclude={"name", "base", "datasets"}))
+        out[d.name] = ("dpo", d.model_dump(mode="json", exclude={"name", "base", "datasets", "sdpo"}))
     return out
+
+
+def decontam_params(spec: PipelineSpec) -> dict[str, Any]:
+    """The decontamination section, with a digest of the local eval sets it reads."""
+    assert spec.decontamination is not None
+    p = spec.decontamination.model_dump(mode="json", exclude={"datasets"})
+    root = resolve_local_source(p["eval_data"])
+    if root is not None and root.is_dir():
+        p["eval_digest"] = _dir_digest(str(root))
+    return p
 
 
 def embedded_path(relative: str) -> Path:
@@ -154,7 +195,12 @@ def resolve_local_source(source: str) -> Path | None:
 
 @cache
 def _embedded_dir_digest(relative: str) -> str:
-    root = embedded_path(relative)
+    return _dir_digest(str(embedded_path(relative)))
+
+
+@cache
+def _dir_digest(directory: str) -> str:
+    root = Path(directory)
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.jsonl")):
         h.update(str(path.relative_to(root)).encode())
@@ -192,7 +238,7 @@ def model_shapes(spec: PipelineSpec, stages: list[Stage]) -> dict[str, tuple[int
             cfg = base_cfg
         elif s.kind == "upscale":
             up = configs[s.inputs[0]]
-            cfg = upscale_config(up, s.params["m"]) if up else None
+            cfg = upscale_config(up, s.params["m"], s.params["ranges"]) if up else None
         else:  # trained or merged models keep their first input's architecture
             cfg = configs[s.inputs[0]]
         configs[s.name] = cfg

@@ -99,6 +99,31 @@ def paper_tables(spec: PipelineSpec, rows: list[dict[str, float | str]]) -> str:
     return "".join(parts)
 
 
+def lineage(results: dict[str, StageResult], name: str) -> list[str]:
+    """`name` and every stage it was built from, nearest first (from the manifests)."""
+    from solar.artifacts import read_manifest
+
+    order, queue = [], [name]
+    while queue:
+        current = queue.pop(0)
+        if current in order or current not in results:
+            continue
+        order.append(current)
+        manifest = read_manifest(Path(results[current].path)) or {}
+        queue += list(manifest.get("inputs", {}))
+    return order
+
+
+def perplexity_table(results: list[StageResult]) -> str:
+    """Held-out perplexity of every model, in DAG order: base, up-scaled, pretrained, ..."""
+    if not results:
+        return ""
+    lines = [[r.name.removeprefix("ppl-"), f"{r.metrics['heldout_nll']:.4f}", f"{r.metrics['heldout_ppl']:.2f}"]
+             for r in results]
+    return "\n## Held-out perplexity (the DUS story: base, up-scaled, pretrained)\n\n" + _md_table(
+        ["Model", "NLL", "Perplexity"], lines, 1)
+
+
 def bar_chart(rows: list[dict[str, float | str]], path: Path, title: str) -> None:
     """Grouped bars: one group per task (and H6), one bar per model."""
     import matplotlib

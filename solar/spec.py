@@ -40,8 +40,24 @@ FORMATS: dict[str, str] = {
     "metamathqa": "sft",
     "ultrafeedback": "preference",
     "orca-dpo": "preference",
+    "custom-sft": "sft",
+    "custom-preference": "preference",
 }
-DatasetFormat = Literal["text", "alpaca", "openorca", "math", "metamathqa", "ultrafeedback", "orca-dpo"]
+DatasetFormat = Literal[
+    "text", "alpaca", "openorca", "math", "metamathqa", "ultrafeedback", "orca-dpo",
+    "custom-sft", "custom-preference",
+]
+# The columns a custom format maps (required, optional).
+CUSTOM_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "custom-sft": (("prompt", "completion"), ("system",)),
+    "custom-preference": (("prompt", "chosen", "rejected"), ("system",)),
+}
+# SOLAR Table 8: the OpenOrca FLAN tasks filtered out as overlapping the H6 benchmarks.
+TABLE8_TASKS: tuple[str, ...] = (
+    "task228_arc_answer_generation_easy", "ai2_arc/ARC-Challenge:1.0.0", "ai2_arc/ARC-Easy:1.0.0",
+    "task229_arc_answer_generation_hard", "hellaswag:1.1.0", "task1389_hellaswag_completion",
+    "cot_gsm8k", "cot_gsm8k_ii", "drop:2.0.0", "winogrande:1.1.0",
+)
 H6Task = Literal["arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"]
 
 
@@ -92,11 +108,32 @@ class BaseSpec(Strict):
 
 
 class UpscaleSpec(Strict):
-    """Depth up-scaling: copy A drops its last m layers, copy B its first m; stack A then B."""
+    """Depth up-scaling: copy A drops its last m layers, copy B its first m; stack A then B.
+
+    `ranges` is the general form, instead of m: [start, end) layer ranges stacked in order
+    (m is [[0, n-m], [m, n]]). Output is safetensors shards of at most `shard_size_mb`."""
 
     name: Name = "dus"
     base: Name = "base"
-    m: NonNegativeInt = 8
+    m: NonNegativeInt | None = None
+    ranges: list[tuple[NonNegativeInt, PositiveInt]] | None = Field(None, min_length=1)
+    shard_size_mb: PositiveInt = 1000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_m(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("m") is None and data.get("ranges") is None:
+            data = {**data, "m": 8}
+        return data
+
+    @model_validator(mode="after")
+    def _m_or_ranges(self) -> UpscaleSpec:
+        if self.m is not None and self.ranges is not None:
+            raise ValueError("upscale: give exactly one of m or ranges")
+        for i, (start, end) in enumerate(self.ranges or []):
+            if start >= end:
+                raise ValueError(f"upscale.ranges[{i}]: [{start}, {end}] needs start < end")
+        return self
 
 
 class TrainSpec(Strict):
@@ -116,6 +153,9 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     seed: int = 42
     logging_steps: PositiveInt = 5
+    # Save the full training state every N steps in the stage's work dir; a rerun after a
+    # crash resumes from the newest checkpoint. null: no checkpoints.
+    save_steps: PositiveInt | None = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool | None = None
     activation_checkpointing: bool | None = None
@@ -134,7 +174,11 @@ class DatasetSpec(Strict):
     """One data source, read in its own schema and normalised.
 
     `source` is `embedded:<file under solar/embedded/data>`, `hub:<dataset id>`, or a
-    local JSONL/JSON/Parquet path.
+    local JSONL/JSON/Parquet path. `custom-sft` / `custom-preference` read any file whose
+    `columns` map {prompt, completion} / {prompt, chosen, rejected} (and optionally system)
+    to its column names. `task_column` names the column holding a row's task name (for the
+    Table 8 filter of `decontamination`). A row that does not fit is an error naming the
+    file, row and column, or with `on_bad_row: skip` dropped and counted in the metrics.
     """
 
     name: Name
@@ -144,6 +188,26 @@ class DatasetSpec(Strict):
     revision: str | None = None
     cap: PositiveInt | None = None
     seed: int = 0
+    columns: dict[str, str] | None = None
+    task_column: str | None = None
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _columns(self) -> DatasetSpec:
+        where = f"datasets[{self.name}]"
+        if self.format not in CUSTOM_COLUMNS:
+            if self.columns is not None:
+                raise ValueError(f"{where}.columns: only custom-sft/custom-preference take columns")
+        else:
+            required, optional = CUSTOM_COLUMNS[self.format]
+            given = set(self.columns or {})
+            if missing := [c for c in required if c not in given]:
+                raise ValueError(f"{where}.columns: {self.format} needs a column for {missing}")
+            if unknown := sorted(given - set(required) - set(optional)):
+                raise ValueError(f"{where}.columns: unknown roles {unknown}")
+        if self.task_column is not None and self.format == "text":
+            raise ValueError(f"{where}.task_column: a text corpus has no task names")
+        return self
 
 
 class MathInstructSpec(Strict):
@@ -152,9 +216,30 @@ class MathInstructSpec(Strict):
     kind: Literal["math-instruct"] = "math-instruct"
     name: Name = "math-instruct"
     seed_dataset: Name = "math"
-    backend: Literal["offline"] = "offline"
+    backend: Literal["offline", "openai", "transformers"] = "offline"
     cap: PositiveInt | None = None
     seed: int = 0
+    # LLM backends: `openai` is any OpenAI-compatible chat-completions server (vLLM, TGI):
+    # `base_url` up to /v1, `model`, and the API key read from the environment variable
+    # named by `api_key_env` (never stored or logged). `transformers` loads `model` locally.
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: PositiveInt = 4
+    max_retries: NonNegativeInt = 5
+    backoff: float = Field(1.0, ge=0.0)  # seconds before the first retry, doubling after
+    timeout: PositiveFloat = 60.0
+    temperature: float = Field(0.7, ge=0.0)
+    max_tokens: PositiveInt = 1024
+
+    @model_validator(mode="after")
+    def _backend_args(self) -> MathInstructSpec:
+        where = f"synthesis[{self.name}]"
+        if self.backend == "openai" and not (self.base_url and self.model):
+            raise ValueError(f"{where}.base_url: the openai backend needs base_url and model")
+        if self.backend == "transformers" and not self.model:
+            raise ValueError(f"{where}.model: the transformers backend needs a model")
+        return self
 
 
 class MathAlignmentSpec(Strict):
@@ -171,6 +256,23 @@ class MathAlignmentSpec(Strict):
 SynthSpec = Annotated[MathInstructSpec | MathAlignmentSpec, Field(discriminator="kind")]
 
 
+class DecontamSpec(Strict):
+    """Decontamination of training data against the H6 eval sets, one `decontam-<dataset>`
+    stage per cleaned dataset, between it and its SFT/DPO/pretrain consumers (which keep
+    naming the dataset). A row is removed if its `task_column` value is one of `flan_tasks`
+    (Table 8), or if at least `threshold` of some eval question's word `ngram`-grams occur
+    in it (an eval question shorter than `ngram` words but at least `min_tokens` counts as
+    one n-gram). `datasets: all` cleans every dataset an SFT or DPO stage consumes."""
+
+    datasets: list[Name] | Literal["all"] = "all"
+    eval_data: str = "embedded:eval"
+    ngram: PositiveInt = 13
+    threshold: float = Field(0.5, gt=0.0, le=1.0)
+    min_tokens: PositiveInt = 8
+    flan_tasks: list[str] = list(TABLE8_TASKS)
+    examples: NonNegativeInt = 3
+
+
 class SFTSpec(Strict):
     """One SFT variant: a base model and a mixture of instruction datasets."""
 
@@ -182,30 +284,55 @@ class SFTSpec(Strict):
 
 
 class MergeSpec(Strict):
-    """A merge of two or more models: weighted average (`linear`) or `slerp`."""
+    """A merge of two or more models: weighted average (`linear`, the paper's), `slerp` at
+    t, or `task_arithmetic`, `ties`, `dare` on task vectors relative to the model `base`.
+
+    `weights` weigh the models (normalised for linear; task-vector weights, default 1, for
+    the base methods); `density` is the fraction ties keeps and dare keeps in expectation;
+    `scale` (lambda) multiplies the merged task vector; `seed` fixes dare's drop masks.
+    `tokenizer_policy`: `require_same` refuses inputs whose tokenizer.json vocabularies
+    differ; `first` takes the first model's. Output is float tensors in `dtype` (default:
+    the first model's), in safetensors shards of at most `shard_size_mb`."""
 
     name: Name
-    method: Literal["linear", "slerp"] = "linear"
+    method: Literal["linear", "slerp", "task_arithmetic", "ties", "dare"] = "linear"
     models: list[Name] = Field(min_length=2)
+    base: Name | None = None
     weights: list[float] | None = None
     t: float | None = Field(None, ge=0.0, le=1.0)
+    density: float | None = Field(None, gt=0.0, le=1.0)
+    scale: PositiveFloat | None = None
+    seed: int | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    tokenizer_policy: Literal["require_same", "first"] = "require_same"
+    shard_size_mb: PositiveInt = 1000
 
     @model_validator(mode="after")
     def _method_args(self) -> MergeSpec:
         where = f"merges[{self.name}]"
-        if self.method == "linear":
-            if self.t is not None:
-                raise ValueError(f"{where}.t: only a slerp merge takes t")
-            if self.weights is not None:
-                if len(self.weights) != len(self.models):
-                    raise ValueError(
-                        f"{where}.weights: {len(self.weights)} weights for "
-                        f"{len(self.models)} models"
-                    )
-                if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
-                    raise ValueError(f"{where}.weights: must be >= 0 with a positive sum")
-        else:
+        based = self.method in ("task_arithmetic", "ties", "dare")
+        if self.t is not None and self.method != "slerp":
+            raise ValueError(f"{where}.t: only a slerp merge takes t")
+        if self.weights is not None and len(self.weights) != len(self.models):
+            raise ValueError(f"{where}.weights: {len(self.weights)} weights for {len(self.models)} models")
+        if based and self.base is None:
+            raise ValueError(f"{where}.base: a {self.method} merge needs the base model its task vectors are relative to")
+        if not based and self.base is not None:
+            raise ValueError(f"{where}.base: a {self.method} merge takes no base")
+        if not based and self.scale is not None:
+            raise ValueError(f"{where}.scale: only task_arithmetic, ties and dare take scale")
+        if self.base is not None and self.base in self.models:
+            raise ValueError(f"{where}.base: {self.base!r} is also one of the models")
+        if self.method in ("ties", "dare") and self.density is None:
+            raise ValueError(f"{where}.density: a {self.method} merge needs density in (0, 1]")
+        if self.method not in ("ties", "dare") and self.density is not None:
+            raise ValueError(f"{where}.density: only ties and dare take density")
+        if self.method != "dare" and self.seed is not None:
+            raise ValueError(f"{where}.seed: only a dare merge takes seed")
+        if self.method == "linear" and self.weights is not None:
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError(f"{where}.weights: must be >= 0 with a positive sum")
+        if self.method == "slerp":
             if len(self.models) != 2:
                 raise ValueError(f"{where}.models: slerp merges exactly 2 models")
             if self.t is None:
@@ -218,11 +345,17 @@ class MergeSpec(Strict):
 
 
 class DPOSpec(Strict):
-    """One DPO variant: a base model (its own reference) and preference datasets."""
+    """One DPO variant: a base model (its own reference) and preference datasets.
+
+    With `sdpo`, the datasets are aligned on in steps, in the order listed (sDPO): step t
+    trains on dataset t, starting from and referenced to the model of step t-1. Each step
+    is its own cached stage (`<name>.step<t>`, the last one keeps `name`), so adding a
+    step reuses the earlier ones."""
 
     name: Name
     base: Name
     datasets: list[Name] = Field(min_length=1)
+    sdpo: bool = False
     beta: PositiveFloat = 0.1
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust"] = "sigmoid"
     chat_template: str = "solar"
@@ -247,6 +380,9 @@ class EvalSpec(Strict):
     batch_size: PositiveInt = 8
     max_gen_toks: PositiveInt = 256
     seed: int = 1234
+    # A text dataset whose held-out split (see solar/perplexity.py) every model stage is
+    # scored on: base, up-scaled and pretrained models side by side show the DUS story.
+    perplexity_corpus: Name | None = None
 
 
 class TrackingSpec(Strict):
@@ -254,6 +390,10 @@ class TrackingSpec(Strict):
 
     uri: str | None = None
     experiment: str | None = None
+    # The model stage to register in the MLflow model registry at the end of a run, and
+    # the registered model's name (default: "<pipeline>-<stage>").
+    register_stage: Name | None = None
+    registered_name: str | None = None
 
 
 class ExecutionSpec(Strict):
@@ -275,6 +415,7 @@ class PipelineSpec(Strict):
     sft: list[SFTSpec] = []
     merges: list[MergeSpec] = []
     dpo: list[DPOSpec] = []
+    decontamination: DecontamSpec | None = None
     eval: EvalSpec | None = EvalSpec()
     tracking: TrackingSpec = TrackingSpec()
     execution: ExecutionSpec = ExecutionSpec()
@@ -283,6 +424,7 @@ class PipelineSpec(Strict):
     def _references(self) -> PipelineSpec:
         check_references(self)
         check_upscale(self)
+        check_decontamination(self)
         return self
 
 
@@ -347,6 +489,8 @@ def dependencies(spec: PipelineSpec) -> dict[str, list[tuple[str, str]]]:
             ]
     for i, m in enumerate(spec.merges):
         deps[m.name] = [(x, f"merges[{i}].models[{j}]") for j, x in enumerate(m.models)]
+        if m.base is not None:  # last, so a merge's first input is still its first model
+            deps[m.name].append((m.base, f"merges[{i}].base"))
     return deps
 
 
@@ -384,11 +528,48 @@ def check_references(spec: PipelineSpec) -> None:
                 ok = kind == need
             if not ok:
                 raise ValueError(f"{field}: {ref!r} is a {kind} stage, but a {need} stage is needed here")
+    stage = spec.tracking.register_stage
+    if stage is not None and kinds.get(stage, ("",))[0] not in MODEL_KINDS:
+        raise ValueError(f"tracking.register_stage: {stage!r} names no model stage")
+    if spec.eval and spec.eval.perplexity_corpus is not None:
+        ref = spec.eval.perplexity_corpus
+        if data_format(spec, ref) != "text":
+            raise ValueError(f"eval.perplexity_corpus: {ref!r} is not a text dataset")
     if spec.eval and spec.eval.models != "all":
         for j, ref in enumerate(spec.eval.models):
             if kinds.get(ref, ("",))[0] not in MODEL_KINDS:
                 raise ValueError(f"eval.models[{j}]: {ref!r} names no model stage")
     topological_order(spec)
+
+
+DECONTAM_PREFIX = "decontam-"
+
+
+def decontam_targets(spec: PipelineSpec) -> dict[str, str]:
+    """Each dataset to clean -> the name of its decontam stage (empty without the section)."""
+    dc = spec.decontamination
+    if dc is None:
+        return {}
+    if dc.datasets == "all":
+        names = {d for s in (*spec.sft, *spec.dpo) for d in s.datasets}
+    else:
+        names = set(dc.datasets)
+    return {n: DECONTAM_PREFIX + n for n in topological_order(spec) if n in names}
+
+
+def check_decontamination(spec: PipelineSpec) -> None:
+    if spec.decontamination is None:
+        return
+    kinds = stage_kinds(spec)
+    if spec.decontamination.datasets != "all":
+        for j, ref in enumerate(spec.decontamination.datasets):
+            if data_format(spec, ref) is None:
+                raise ValueError(f"decontamination.datasets[{j}]: {ref!r} names no dataset")
+    for target, stage in decontam_targets(spec).items():
+        if stage in kinds:
+            raise ValueError(
+                f"{kinds[stage][1]}: stage name {stage!r} is taken by the decontam stage of {target!r}"
+            )
 
 
 def base_layer_count(base: BaseSpec) -> int | None:
@@ -417,11 +598,14 @@ def check_upscale(spec: PipelineSpec) -> None:
     if spec.upscale is None or spec.upscale.base != spec.base.name:
         return
     n = base_layer_count(spec.base)
-    if n is not None and 2 * spec.upscale.m >= n:
+    if n is not None and spec.upscale.m is not None and 2 * spec.upscale.m >= n:
         raise ValueError(
             f"upscale.m: m={spec.upscale.m} must be < n/2 for a base of n={n} layers "
             f"(the up-scaled model has 2(n-m) layers)"
         )
+    for i, (start, end) in enumerate(spec.upscale.ranges or []):
+        if n is not None and end > n:
+            raise ValueError(f"upscale.ranges[{i}]: [{start}, {end}] goes past the base's n={n} layers")
 
 
 def topological_order(spec: PipelineSpec) -> list[str]:

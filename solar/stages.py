@@ -7,6 +7,7 @@ plain function from a planned stage and its inputs' results to the stage's resul
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,20 +31,44 @@ def build_base(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) 
 def build_upscale(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.dus import upscale
 
-    return upscale(inputs[0], out, p["m"])
+    return upscale(inputs[0], out, p["m"], p["ranges"], p["shard_size_mb"] * 1_000_000)
 
 
 def build_data(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.data import prepare
 
     local = resolve_local_source(p["source"])
-    return prepare(p["source"], local, p["format"], p["split"], p["revision"], p["cap"], p["seed"], out)
+    return prepare(p["source"], local, p["format"], p["split"], p["revision"], p["cap"], p["seed"], out,
+                   p["columns"], p["task_column"], p["on_bad_row"])
 
 
 def build_math_instruct(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
-    from solar.synth import OfflineRephraser, math_instruct
+    from solar.synth import OfflineRephraser, make_generator, math_instruct
 
-    return math_instruct(inputs[0], out, OfflineRephraser(p["seed"]), p["cap"], p["seed"])
+    if p["backend"] == "offline":
+        return math_instruct(inputs[0], out, OfflineRephraser(p["seed"]), p["cap"], p["seed"])
+    generator = make_generator(p)  # journals in the work dir, which outlives a failed attempt
+    try:
+        return math_instruct(inputs[0], out, None, p["cap"], p["seed"], generator, run.work_dir,
+                             p["max_concurrency"])
+    finally:
+        generator.close()
+
+
+def build_decontam(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
+    from solar.decontam import decontaminate, load_eval_index, report_markdown, report_table
+
+    eval_root = resolve_local_source(p["eval_data"])
+    if eval_root is None:
+        raise ValueError(f"decontamination.eval_data: {p['eval_data']!r}: give a local directory "
+                         "of eval sets (one subdirectory per benchmark), not a hub id")
+    index = load_eval_index(eval_root, p["ngram"], p["min_tokens"])
+    metrics, report = decontaminate(inputs[0], out, index, p["threshold"], p["flan_tasks"],
+                                    p["examples"], name=run.stage_name or inputs[0].name)
+    run.log_text(json.dumps(report, indent=2, ensure_ascii=False), "decontam/report.json")
+    run.log_text(report_markdown(report), "decontam/report.md")
+    run.log_table(report_table(report), "decontam/removed.json")
+    return metrics
 
 
 def build_math_alignment(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
@@ -52,29 +77,45 @@ def build_math_alignment(p: dict[str, Any], inputs: list[Path], out: Path, run: 
     return math_alignment(inputs[0], out, p["cap"], p["seed"])
 
 
+def checkpoints(run: StageRun) -> Path | None:
+    """Training checkpoints live in the stage's work dir, which outlives a killed attempt."""
+    return run.work_dir / "checkpoints" if run.work_dir else None
+
+
+def ref_cache(run: StageRun) -> Path | None:
+    """Reference log-probs shared by DPO stages: `<root>/.refcache`, beside the work dirs."""
+    return run.work_dir.parent.parent / ".refcache" if run.work_dir else None
+
+
 def build_pretrain(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.train import pretrain
 
-    return pretrain(inputs[0], inputs[1], out, TrainSpec(**p["train"]), run.log)
+    return pretrain(inputs[0], inputs[1], out, TrainSpec(**p["train"]), run.log, checkpoints(run))
 
 
 def build_sft(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.train import sft
 
-    return sft(inputs[0], inputs[1:], out, TrainSpec(**p["train"]), p["chat_template"], run.log)
+    return sft(inputs[0], inputs[1:], out, TrainSpec(**p["train"]), p["chat_template"], run.log,
+               checkpoints(run))
 
 
 def build_dpo(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.train import dpo
 
     return dpo(inputs[0], inputs[1:], out, TrainSpec(**p["train"]), p["beta"], p["loss_type"],
-               p["chat_template"], run.log)
+               p["chat_template"], run.log, checkpoints(run), ref_cache(run))
 
 
 def build_merge(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.merge import merge_models
 
-    return merge_models(inputs, out, p["method"], p["weights"], p["t"], p["dtype"])
+    based = p["method"] in ("task_arithmetic", "ties", "dare")  # the base is the last input
+    return merge_models(
+        inputs[:-1] if based else inputs, out, p["method"], p["weights"], p["t"], p["dtype"],
+        base=inputs[-1] if based else None, density=p["density"], scale=p["scale"], seed=p["seed"],
+        tokenizer_policy=p["tokenizer_policy"], shard_bytes=p["shard_size_mb"] * 1_000_000,
+    )
 
 
 def build_eval(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
@@ -91,17 +132,27 @@ def build_eval(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) 
     return scores
 
 
+def build_perplexity(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
+    from solar.data import read_rows
+    from solar.perplexity import perplexity, split_heldout
+
+    _, heldout = split_heldout([r["text"] for r in read_rows(inputs[1])])
+    return perplexity(inputs[0], heldout, p["max_length"], p["batch_size"])
+
+
 BUILDERS: dict[str, Builder] = {
     "base": build_base,
     "upscale": build_upscale,
     "data": build_data,
     "math-instruct": build_math_instruct,
     "math-alignment": build_math_alignment,
+    "decontam": build_decontam,
     "pretrain": build_pretrain,
     "sft": build_sft,
     "dpo": build_dpo,
     "merge": build_merge,
     "eval": build_eval,
+    "perplexity": build_perplexity,
 }
 
 
@@ -130,6 +181,10 @@ def run_stage(
         "solar.artifact": str(out),
     }
     with stage_run(tracking, stage.name, tags, stage.params) as run, building(out) as tmp:
+        # Scratch that survives a failed attempt (e.g. a generation journal), gone on success.
+        run.work_dir, run.stage_name = work_dir(root, stage.fingerprint), stage.name
+        if stage.kind in ("pretrain", "sft", "dpo"):
+            run.log_data_inputs(data_inputs(stage, inputs))
         metrics = BUILDERS[stage.kind](stage.params, input_dirs, tmp, run)
         run.log(metrics)
         result = StageResult(
@@ -140,4 +195,24 @@ def run_stage(
             "params": stage.params,
             "inputs": {name: inputs[name].fingerprint for name in stage.inputs},
         })
+    shutil.rmtree(run.work_dir, ignore_errors=True)
     return result
+
+
+def work_dir(root: str | Path, fingerprint: str) -> Path:
+    """`<root>/.work/<fingerprint>`: where a stage keeps what a retry should not redo."""
+    return Path(root).resolve() / ".work" / fingerprint[:20]
+
+
+def data_inputs(stage: Stage, inputs: dict[str, StageResult]) -> list[dict[str, Any]]:
+    """The prepared datasets a training stage reads, with their content hashes (lineage)."""
+    from solar.data import read_info
+
+    out = []
+    for name in stage.inputs:
+        info = read_info(Path(inputs[name].path))
+        if info is not None:
+            out.append({"name": name, "path": inputs[name].path, "digest": info["digest"],
+                        "rows": info.get("rows"), "source": info.get("source"),
+                        "context": "train"})
+    return out

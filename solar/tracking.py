@@ -73,6 +73,8 @@ class StageRun:
 
     def __init__(self, ctx: TrackingContext | None, run_id: str | None):
         self.ctx, self.run_id = ctx, run_id
+        self.stage_name: str | None = None
+        self.work_dir: Path | None = None  # scratch that outlives a failed attempt
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
         if self.ctx is None or self.run_id is None:
@@ -86,6 +88,28 @@ class StageRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.ctx is not None and self.run_id is not None:
             client(self.ctx.uri).log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """A table (column -> values) as an MLflow table artifact (`MlflowClient.log_table`)."""
+        if self.ctx is not None and self.run_id is not None:
+            client(self.ctx.uri).log_table(self.run_id, columns, artifact_file)
+
+    def log_data_inputs(self, datasets: list[dict[str, Any]]) -> None:
+        """Lineage, as `mlflow.log_input`: each dataset the stage reads ({name, path, digest,
+        context, ...}) as an MLflow dataset entity on the run's inputs."""
+        if self.ctx is None or self.run_id is None or not datasets:
+            return
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types import ColSpec, Schema
+
+        entries = []
+        for d in datasets:
+            ds = MetaDataset(_source(d["path"]), name=d["name"], digest=d["digest"][:32],
+                             schema=Schema([ColSpec("string", "rows")]))
+            tags = [InputTag("mlflow.data.context", d.get("context", "train"))]
+            entries.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))
+        client(self.ctx.uri).log_inputs(self.run_id, datasets=entries)
 
 
 @contextmanager
@@ -117,6 +141,17 @@ def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
     flat = list(flatten(params).items())
     for i in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
         c.log_batch(run_id, params=[Param(k, v) for k, v in flat[i : i + 100]])
+
+
+def _source(path: str):
+    """An MLflow dataset source for a local directory (a `file://` URI)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all are local
+        warnings.simplefilter("ignore", UserWarning)
+        return resolve_dataset_source(Path(path).resolve().as_uri())
 
 
 def _metric_key(key: str) -> str:
@@ -175,3 +210,25 @@ def pipeline_summary(uri: str | None, experiment: str, run_id: str | None = None
         run_id = parents[0].info.run_id
     path = c.download_artifacts(run_id, "summary/h6.csv")
     return run_id, Path(path).read_text()
+
+
+def register_model(
+    ctx: TrackingContext, run_id: str, model_dir: Path, name: str, tags: dict[str, str]
+) -> str:
+    """Log `model_dir` as the `model` artifact of `run_id` and register it as a new version
+    of `name` in the MLflow model registry, unless a version with the same fingerprint
+    exists; returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(ctx.uri)
+    for existing in c.search_model_versions(f"name = '{name}'"):
+        if existing.tags.get("solar.fingerprint") == tags.get("solar.fingerprint"):
+            return existing.version  # this very model is registered already
+    c.log_artifacts(run_id, str(model_dir), "model")
+    try:
+        c.create_registered_model(name)
+    except MlflowException as e:  # already registered: add a version
+        if "already exists" not in str(e).lower():
+            raise
+    version = c.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id, tags=tags)
+    return version.version

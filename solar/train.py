@@ -7,20 +7,25 @@ checkpointing (TRL's bf16 and checkpointing defaults make CPU training ~10x slow
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
+from solar.artifacts import read_manifest
 from solar.data import mixture, read_rows
 from solar.model import chat_template, load_model, load_tokenizer
+from solar.perplexity import split_heldout
 from solar.spec import TrainSpec
 
 LogFn = Callable[[dict[str, float], int], None]
-HELDOUT_FRACTION = 0.05
 
 
 def resolve_device(device: str) -> str:
@@ -29,12 +34,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def trl_args(cfg: TrainSpec, out_dir: Path, **extra: Any) -> dict[str, Any]:
-    """The TrainingArguments every stage shares, from a TrainSpec."""
+def trl_args(cfg: TrainSpec, out_dir: Path, checkpoints: Path | None, **extra: Any) -> dict[str, Any]:
+    """The TrainingArguments every stage shares, from a TrainSpec. With `checkpoints`, the
+    trainer saves its full state there every `save_steps` (model, optimizer, scheduler, RNG)."""
     device = resolve_device(cfg.device)
     on_gpu = device == "cuda"
+    save = checkpoints is not None and cfg.save_steps is not None
     return dict(
-        output_dir=str(out_dir),
+        output_dir=str(checkpoints if save else out_dir),
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.batch_size,
@@ -52,7 +59,9 @@ def trl_args(cfg: TrainSpec, out_dir: Path, **extra: Any) -> dict[str, Any]:
         activation_checkpointing=(
             cfg.activation_checkpointing if cfg.activation_checkpointing is not None else on_gpu
         ),
-        save_strategy="no",
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.save_steps if save else None,
+        save_total_limit=1,
         report_to="none",
         disable_tqdm=False,
         dataloader_num_workers=0,
@@ -72,6 +81,15 @@ class LogMetrics(TrainerCallback):
             self.log(scalars, state.global_step)
 
 
+def _train(trainer, checkpoints: Path | None) -> dict[str, float]:
+    """Train, resuming from the newest checkpoint a killed earlier attempt left."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints and checkpoints.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    return {"resumed_from_step": float(last.rsplit("-", 1)[-1]) if last else 0.0}
+
+
 def _finish(trainer, tokenizer, out_dir: Path) -> dict[str, float]:
     """Save final weights (safetensors) and tokenizer; drop trainer scratch files."""
     trainer.save_model(str(out_dir))
@@ -86,17 +104,20 @@ def _finish(trainer, tokenizer, out_dir: Path) -> dict[str, float]:
     return metrics
 
 
-def pretrain(model_dir: Path, corpus_dir: Path, out_dir: Path, cfg: TrainSpec, log: LogFn) -> dict[str, float]:
+def pretrain(
+    model_dir: Path, corpus_dir: Path, out_dir: Path, cfg: TrainSpec, log: LogFn,
+    checkpoints: Path | None = None,
+) -> dict[str, float]:
     """Continued pretraining: causal LM on the corpus, packed so that no token is dropped.
     Held-out loss is measured before and after, to show the up-scaled model recovering."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = read_rows(corpus_dir)
-    n_heldout = max(1, int(len(rows) * HELDOUT_FRACTION))
-    train, heldout = Dataset.from_list(rows[n_heldout:]), Dataset.from_list(rows[:n_heldout])
+    train_texts, heldout_texts = split_heldout([r["text"] for r in read_rows(corpus_dir)])
+    train = Dataset.from_list([{"text": t} for t in train_texts])
+    heldout = Dataset.from_list([{"text": t} for t in heldout_texts])
     tokenizer = load_tokenizer(model_dir)
-    args = SFTConfig(**trl_args(cfg, out_dir, packing=True, packing_strategy="wrapped",
+    args = SFTConfig(**trl_args(cfg, out_dir, checkpoints, packing=True, packing_strategy="wrapped",
                                 dataset_text_field="text", eval_strategy="no"))
     trainer = SFTTrainer(
         model=load_model(model_dir), args=args, train_dataset=train, eval_dataset=heldout,
@@ -104,15 +125,16 @@ def pretrain(model_dir: Path, corpus_dir: Path, out_dir: Path, cfg: TrainSpec, l
     )
     before = trainer.evaluate()["eval_loss"]
     log({"heldout_loss": before}, 0)
-    trainer.train()
+    resumed = _train(trainer, checkpoints)
     after = trainer.evaluate()["eval_loss"]
     log({"heldout_loss": after}, trainer.state.global_step)
-    metrics = _finish(trainer, tokenizer, out_dir)
+    metrics = {**_finish(trainer, tokenizer, out_dir), **resumed}
     return {**metrics, "heldout_loss_before": float(before), "heldout_loss": float(after)}
 
 
 def sft(
-    model_dir: Path, data_dirs: list[Path], out_dir: Path, cfg: TrainSpec, template: str, log: LogFn
+    model_dir: Path, data_dirs: list[Path], out_dir: Path, cfg: TrainSpec, template: str, log: LogFn,
+    checkpoints: Path | None = None,
 ) -> dict[str, float]:
     """Supervised fine-tuning on a mixture of prompt/completion chats; loss on the answer only."""
     from datasets import Dataset
@@ -121,38 +143,87 @@ def sft(
     rows = mixture(data_dirs, cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     tokenizer.chat_template = chat_template(template)
-    args = SFTConfig(**trl_args(cfg, out_dir, completion_only_loss=True))
+    args = SFTConfig(**trl_args(cfg, out_dir, checkpoints, completion_only_loss=True))
     trainer = SFTTrainer(
         model=load_model(model_dir), args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, callbacks=[LogMetrics(log)],
     )
-    trainer.train()
-    return {**_finish(trainer, tokenizer, out_dir), "rows": float(len(rows))}
+    resumed = _train(trainer, checkpoints)
+    return {**_finish(trainer, tokenizer, out_dir), **resumed, "rows": float(len(rows))}
+
+
+def ref_logps_key(model_dir: Path, data_dirs: list[Path], template: str, cfg: TrainSpec) -> str:
+    """What reference log-probs depend on: the reference model, the data and its order,
+    the chat template and the truncation length (identities from the inputs' manifests)."""
+    def identity(d: Path) -> str:
+        manifest = read_manifest(d)
+        return manifest["fingerprint"] if manifest else str(d.resolve())
+
+    blob = json.dumps([identity(model_dir), [identity(d) for d in data_dirs], chat_template(template),
+                       cfg.max_length, cfg.seed])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def dpo(
     model_dir: Path, data_dirs: list[Path], out_dir: Path, cfg: TrainSpec, beta: float,
-    loss_type: str, template: str, log: LogFn,
+    loss_type: str, template: str, log: LogFn, checkpoints: Path | None = None,
+    ref_cache: Path | None = None,
 ) -> dict[str, float]:
-    """DPO against the base model as reference (its log-probs computed once, up front)."""
+    """DPO against the base model as reference. Its log-probs are computed once, up front,
+    and kept in `ref_cache` so variants with the same reference and data reuse them."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     rows = mixture(data_dirs, cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     tokenizer.chat_template = chat_template(template)
-    args = DPOConfig(**trl_args(cfg, out_dir, beta=beta, loss_type=[loss_type],
+    args = DPOConfig(**trl_args(cfg, out_dir, checkpoints, beta=beta, loss_type=[loss_type],
                                 precompute_ref_log_probs=True))
-    trainer = DPOTrainer(
+    cache_file = ref_cache / f"{ref_logps_key(model_dir, data_dirs, template, cfg)}.safetensors" if ref_cache else None
+    trainer = _cached_ref_trainer()(
         model=load_model(model_dir), ref_model=None, args=args,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        callbacks=[LogMetrics(log)],
+        callbacks=[LogMetrics(log)], ref_cache_file=cache_file,
     )
-    trainer.train()
-    metrics = _finish(trainer, tokenizer, out_dir)
+    resumed = _train(trainer, checkpoints)
+    metrics = {**_finish(trainer, tokenizer, out_dir), **resumed,
+               "ref_logps_reused": float(trainer.ref_logps_reused)}
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/accuracies" in h), {})
     for key in ("rewards/accuracies", "rewards/margins"):
         if key in last:
             metrics[key.replace("/", "_")] = float(last[key])
     return {**metrics, "rows": float(len(rows))}
 
+
+@cache
+def _cached_ref_trainer():
+    """DPOTrainer whose precomputed reference log-probs of the training set are read from,
+    or written to, one safetensors file. (TRL caches them only for datasets backed by
+    files in its own cache; it gives no hook, hence the subclass.)"""
+    from safetensors.torch import load_file, save_file
+    from trl import DPOTrainer
+
+    class CachedRefDPOTrainer(DPOTrainer):
+        def __init__(self, *args, ref_cache_file: Path | None = None, **kwargs):
+            self.ref_cache_file, self.ref_logps_reused = ref_cache_file, False
+            super().__init__(*args, **kwargs)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            f = self.ref_cache_file
+            if f is None or name != "train":
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            if f.is_file():
+                logps = load_file(f)
+                if len(logps["chosen"]) == len(dataset):
+                    self.ref_logps_reused = True
+                    return (dataset.add_column("ref_chosen_logps", logps["chosen"].tolist())
+                            .add_column("ref_rejected_logps", logps["rejected"].tolist()))
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_name(f".{f.name}.tmp")
+            save_file({"chosen": torch.tensor(out["ref_chosen_logps"]),
+                       "rejected": torch.tensor(out["ref_rejected_logps"])}, tmp)
+            os.replace(tmp, f)
+            return out
+
+    return CachedRefDPOTrainer

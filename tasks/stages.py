@@ -59,11 +59,13 @@ upscale = stage_task("upscale", ("cpu",))
 prepare_data = stage_task("data", ("cpu",))
 math_instruct = stage_task("math-instruct", ("cpu",))
 math_alignment = stage_task("math-alignment", ("cpu",))
+decontaminate = stage_task("decontam", ("cpu",))
 pretrain = stage_task("pretrain", ("gpu",))
 sft = stage_task("sft", ("gpu",))
 dpo = stage_task("dpo", ("gpu",))
 merge = stage_task("merge", ("cpu",))
 evaluate = stage_task("eval", ("gpu",))
+perplexity = stage_task("perplexity", ("gpu",))
 
 STAGE_TASKS = {
     "base": build_base,
@@ -71,9 +73,11 @@ STAGE_TASKS = {
     "data": prepare_data,
     "math-instruct": math_instruct,
     "math-alignment": math_alignment,
+    "decontam": decontaminate,
     "pretrain": pretrain,
     "sft": sft,
     "dpo": dpo,
     "merge": merge,
     "eval": evaluate,
+    "perplexity": perplexity,
 }

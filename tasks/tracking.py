@@ -20,6 +20,7 @@ from solar.tracking import (
     end_pipeline,
     log_summary,
     record_cached,
+    register_model,
     start_pipeline,
 )
 
@@ -50,8 +51,11 @@ def summarize(
     evals = [r for r in results.values() if r.kind == "eval"]
     for r in evals:  # so the compare view over model runs lines the variants up
         StageRun(tracking, run_ids[r.name.removeprefix("eval-")]).log(r.metrics)
+    ppl = [r for r in results.values() if r.kind == "perplexity"]
+    for r in ppl:
+        StageRun(tracking, run_ids[r.name.removeprefix("ppl-")]).log(r.metrics)
     rows = report.score_rows(evals)
-    tables = report.paper_tables(spec, rows)
+    tables = report.paper_tables(spec, rows) + report.perplexity_table(ppl)
     with tempfile.TemporaryDirectory() as tmp:
         chart = Path(tmp) / "h6.png"
         if rows:
@@ -66,5 +70,26 @@ def summarize(
         key = re.sub(r"[^a-z0-9-]", "-", f"{tracking.pipeline}-h6")
         create_table_artifact(rows, key=key, description="Models x H6 (percent)")
         create_markdown_artifact(tables, key=f"{key}-tables", description="Paper-layout tables")
+    if spec.tracking.register_stage:
+        register_final(spec, results, run_ids, tracking)
     end_pipeline(tracking)
     return rows
+
+
+def register_final(
+    spec: PipelineSpec, results: dict[str, StageResult], run_ids: dict[str, str], tracking: TrackingContext
+) -> str:
+    """Register the spec's final model with its scores and lineage (its ancestor stages)."""
+    name = spec.tracking.register_stage
+    final = results[name]
+    tags = {
+        "solar.stage": name,
+        "solar.fingerprint": final.fingerprint,
+        "solar.lineage": " <- ".join(report.lineage(results, name)),
+        "solar.pipeline_run_id": tracking.parent_run_id,
+    }
+    evaluated = results.get(f"eval-{name}")
+    if evaluated:
+        tags.update({f"score.{k}": f"{v:.4f}" for k, v in evaluated.metrics.items()})
+    model = spec.tracking.registered_name or f"{spec.name}-{name}"
+    return register_model(tracking, run_ids[name], Path(final.path), model, tags)

@@ -1,10 +1,24 @@
+import json
 import math
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from solar.merge import linear, merge_models, slerp
+import solar.merge
+import solar.tensorio
+from solar.merge import (
+    dare,
+    dare_mask,
+    kth_largest,
+    linear,
+    merge_models,
+    slerp,
+    slerp_coefficients,
+    task_arithmetic,
+    ties,
+)
+from solar.tensorio import model_tensors, read_rows
 
 
 def test_linear_is_the_weighted_average():
@@ -16,47 +30,237 @@ def test_linear_is_the_weighted_average():
 
 def test_slerp_endpoints_and_midpoint():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
-    assert torch.allclose(slerp(a, b, 0.0), a)
-    assert torch.allclose(slerp(a, b, 1.0), b)
+    assert torch.equal(slerp(a, b, 0.0), a)
+    assert torch.equal(slerp(a, b, 1.0), b)
     # Halfway along a quarter circle: angle 45 degrees, norm between the two.
     mid = slerp(a, b, 0.5)
     s = math.sin(math.pi / 4) / math.sin(math.pi / 2)
     assert torch.allclose(mid, torch.tensor([s, 2 * s]))
+    assert slerp_coefficients(1.0, 1.0, 1.0, 0.3) == (0.7, 0.3)  # parallel: linear
 
 
-def _write_model(path, tensors, layers=1):
+def test_task_arithmetic_by_hand():
+    base, m1, m2 = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 2.0]), torch.tensor([1.0, 4.0])
+    # task vectors [1, 0] and [0, 2]; weights 1 and 0.5 -> [1, 1]; scale 2 -> base + [2, 2]
+    assert torch.equal(task_arithmetic(base, [m1, m2], [1.0, 0.5], 2.0), torch.tensor([3.0, 4.0]))
+
+
+def test_ties_by_hand():
+    base = torch.ones(4)
+    d1, d2 = torch.tensor([1.0, -2.0, 3.0, 0.5]), torch.tensor([-1.0, 1.0, 2.0, -4.0])
+    # density 0.5 keeps the 2 largest magnitudes: [0, -2, 3, 0] and [0, 0, 2, -4].
+    # Elected signs of the sum [0, -2, 5, -4]: 0, -, +, -.  Agreeing means: 0, -2, 2.5, -4.
+    out = ties(base, [base + d1, base + d2], [1.0, 1.0], 0.5, 1.0)
+    assert torch.equal(out, base + torch.tensor([0.0, -2.0, 2.5, -4.0]))
+    # Weights enter the election and the mean; scale multiplies the merged task vector.
+    out = ties(base, [base + d1, base + d2], [3.0, 1.0], 0.5, 0.5)
+    assert torch.allclose(out, base + 0.5 * torch.tensor([0.0, -2.0, (9 + 2) / 4, -4.0]))
+    # density 1 with agreeing signs is the weighted mean of the task vectors.
+    assert torch.allclose(ties(base, [base + d1, base + d1 * 3], [1.0, 1.0], 1.0, 1.0), base + 2 * d1)
+
+
+def test_dare_by_hand():
+    base = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    m1, m2 = base + torch.arange(6.0), base - 1.0
+    masks = [dare_mask((6,), 0.5, 11), dare_mask((6,), 0.5, 12)]
+    assert 0 < int(masks[0].sum()) < 6  # some dropped, some kept
+    expected = base + 0.8 * (1.0 * torch.arange(6.0) * masks[0] / 0.5 + 2.0 * -1.0 * masks[1] / 0.5)
+    assert torch.allclose(dare(base, [m1, m2], [1.0, 2.0], 0.5, 0.8, [11, 12]), expected)
+    # density 1 drops nothing: task arithmetic.
+    assert torch.equal(dare(base, [m1, m2], [1.0, 2.0], 1.0, 0.8, [11, 12]),
+                       task_arithmetic(base, [m1, m2], [1.0, 2.0], 0.8))
+
+
+def test_kth_largest_is_exact_over_chunks():
+    torch.manual_seed(0)
+    x = torch.randn(10_001).abs()
+    x[:50] = 0.0
+    chunks = lambda: x.split(997)  # noqa: E731
+    for k in (1, 2, 500, 5_000, 9_951, 10_001):
+        assert kth_largest(chunks, k) == torch.topk(x, k).values[-1].item()
+
+
+TOKENIZER = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}}, "added_tokens": []}
+
+
+def _write_model(path, tensors, layers=1, tokenizer=TOKENIZER):
     path.mkdir()
     save_file(tensors, path / "model.safetensors")
     (path / "config.json").write_text(
         f'{{"model_type": "mistral", "num_hidden_layers": {layers}, "hidden_size": 2, "vocab_size": 3}}'
     )
+    if tokenizer is not None:
+        (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return path
+
+
+def _random_models(tmp_path, count, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    shapes = {"w": (64, 8), "b": (8,), "emb": (40, 8), "scalar": ()}
+    return [_write_model(tmp_path / f"m{i}", {k: torch.randn(s).to(dtype) for k, s in shapes.items()})
+            for i in range(count)]
+
+
+def _out(tmp_path, name="out"):
+    (tmp_path / name).mkdir()
+    return tmp_path / name
+
+
+def _load(model_dir):
+    return {name: read_rows(info, 0, info.rows) for name, info in model_tensors(model_dir).items()}
 
 
 def test_merge_models_linear_exact(tmp_path):
-    torch.manual_seed(0)
-    a = {"w": torch.randn(3, 2), "b": torch.randn(2)}
-    b = {"w": torch.randn(3, 2), "b": torch.randn(2)}
-    _write_model(tmp_path / "a", a)
-    _write_model(tmp_path / "b", b)
-    out = tmp_path / "out"
-    out.mkdir()
-    merge_models([tmp_path / "a", tmp_path / "b"], out, "linear", [0.4, 0.6])
+    a, b, c = _random_models(tmp_path, 3)
+    out = _out(tmp_path)
+    metrics = merge_models([a, b, c], out, "linear", [0.2, 0.3, 0.5], shard_bytes=1000)
+    assert (out / "model.safetensors.index.json").is_file() and (out / "tokenizer.json").is_file()
+    merged, ins = _load(out), [load_file(d / "model.safetensors") for d in (a, b, c)]
+    assert metrics["tensors"] == 4 == len(merged)
+    for k in merged:
+        expected = torch.zeros_like(ins[0][k])
+        for t, w in zip(ins, [0.2, 0.3, 0.5], strict=True):
+            expected += t[k] * (w / 1.0)
+        assert torch.equal(merged[k], expected), k
+
+
+def test_merge_models_chunked_equals_whole(tmp_path, monkeypatch):
+    # Tensors split into row chunks (of 24 elements) merge exactly as whole tensors do.
+    base, a, b = _random_models(tmp_path, 3)
+    ins = [load_file(d / "model.safetensors") for d in (base, a, b)]
+    monkeypatch.setattr(solar.merge, "CHUNK_ELEMENTS", 24)
+    for method, kwargs, pure in [
+        ("ties", {"density": 0.3, "scale": 0.7},
+         lambda k: ties(ins[0][k], [ins[1][k], ins[2][k]], [1.0, 2.0], 0.3, 0.7)),
+        ("task_arithmetic", {"scale": 0.5},
+         lambda k: task_arithmetic(ins[0][k], [ins[1][k], ins[2][k]], [1.0, 2.0], 0.5)),
+    ]:
+        out = _out(tmp_path, method)
+        merge_models([a, b], out, method, [1.0, 2.0], base=base, **kwargs)
+        merged = _load(out)
+        for k in merged:
+            assert torch.allclose(merged[k], pure(k), atol=1e-6), (method, k)
+    out = _out(tmp_path, "slerp")
+    merge_models([a, b], out, "slerp", t=0.3)
+    for k, v in _load(out).items():
+        assert torch.allclose(v, slerp(ins[1][k], ins[2][k], 0.3), atol=1e-6), k
+
+
+@pytest.mark.parametrize("t,which", [(0.0, 0), (1.0, 1)])
+def test_merge_models_slerp_endpoints_are_the_inputs(tmp_path, t, which):
+    a, b = _random_models(tmp_path, 2, dtype=torch.bfloat16)
+    out = _out(tmp_path)
+    merge_models([a, b], out, "slerp", t=t)
+    expected = load_file((a, b)[which] / "model.safetensors")
     merged = load_file(out / "model.safetensors")
-    for k in a:
-        assert torch.allclose(merged[k], 0.4 * a[k] + 0.6 * b[k], atol=1e-7)
+    assert all(torch.equal(merged[k], expected[k]) and merged[k].dtype == torch.bfloat16 for k in expected)
 
 
-def test_merge_models_refuses_mismatched_shapes(tmp_path):
+def test_merge_models_dare_is_deterministic_and_dtype_is_the_specs(tmp_path):
+    base, a, b = _random_models(tmp_path, 3)
+    outs = [_out(tmp_path, n) for n in ("x", "y", "z")]
+    for out, seed in zip(outs, (1, 1, 2), strict=True):
+        merge_models([a, b], out, "dare", base=base, density=0.5, seed=seed, dtype="bfloat16")
+    x, y, z = (load_file(o / "model.safetensors") for o in outs)
+    assert x["w"].dtype == torch.bfloat16
+    assert json.loads((outs[0] / "config.json").read_text())["dtype"] == "bfloat16"
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    assert not torch.equal(x["w"], z["w"])
+
+
+@pytest.fixture
+def no_tensor_reads(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a tensor was read")
+
+    for target in (solar.merge, solar.tensorio):
+        monkeypatch.setattr(target, "read_rows", boom)
+        monkeypatch.setattr(target, "write_model", boom)
+    import safetensors
+
+    monkeypatch.setattr(safetensors, "safe_open", boom)
+
+
+def test_merge_models_refuses_mismatched_shapes(tmp_path, no_tensor_reads):
     _write_model(tmp_path / "a", {"w": torch.zeros(3, 2)})
     _write_model(tmp_path / "b", {"w": torch.zeros(2, 3)})
-    (tmp_path / "out").mkdir()
     with pytest.raises(ValueError, match="tensor w has shapes"):
-        merge_models([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+        merge_models([tmp_path / "a", tmp_path / "b"], _out(tmp_path))
+
+
+def test_merge_models_refuses_other_names_config_or_tokenizer(tmp_path, no_tensor_reads):
+    a = _write_model(tmp_path / "a", {"w": torch.zeros(2)})
+    b = _write_model(tmp_path / "b", {"v": torch.zeros(2)})
+    c = _write_model(tmp_path / "c", {"w": torch.zeros(2)}, layers=2)
+    other = {"model": {"type": "BPE", "vocab": {"a": 0, "c": 1}}, "added_tokens": []}
+    d = _write_model(tmp_path / "d", {"w": torch.zeros(2)}, tokenizer=other)
+    out = _out(tmp_path)
+    with pytest.raises(ValueError, match="differs in tensor names"):
+        merge_models([a, b], out)
+    with pytest.raises(ValueError, match="num_hidden_layers=2"):
+        merge_models([a, c], out)
+    with pytest.raises(ValueError, match="tokenizer.json differs"):
+        merge_models([a, d], out)
+    with pytest.raises(ValueError, match="tokenizer.json differs"):  # the base is checked too
+        merge_models([a, a], out, "task_arithmetic", base=d)
+    with pytest.raises(ValueError, match="needs base"):
+        merge_models([a, a], out, "ties", density=0.5)
+    with pytest.raises(ValueError, match="slerp merges exactly 2 models"):
+        merge_models([a, a, a], out, "slerp", t=0.5)
+    with pytest.raises(ValueError, match="unknown method 'mean'"):
+        merge_models([a, a], out, "mean")
+
+
+def test_merge_models_tokenizer_policy_first(tmp_path):
+    other = {"model": {"type": "BPE", "vocab": {"a": 0, "c": 1}}, "added_tokens": []}
+    a = _write_model(tmp_path / "a", {"w": torch.ones(2)})
+    d = _write_model(tmp_path / "d", {"w": torch.zeros(2)}, tokenizer=other)
+    out = _out(tmp_path)
+    merge_models([a, d], out, tokenizer_policy="first")
+    assert json.loads((out / "tokenizer.json").read_text()) == TOKENIZER
+    assert torch.equal(load_file(out / "model.safetensors")["w"], torch.full((2,), 0.5))
 
 
 def test_merge_models_refuses_nan(tmp_path):
     _write_model(tmp_path / "a", {"w": torch.tensor([float("nan"), 1.0])})
     _write_model(tmp_path / "b", {"w": torch.tensor([1.0, 1.0])})
-    (tmp_path / "out").mkdir()
     with pytest.raises(ValueError, match="non-finite"):
-        merge_models([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+        merge_models([tmp_path / "a", tmp_path / "b"], _out(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"method": "ties", "density": 0.5}, "merges[m].base: a ties merge needs the base"),
+        ({"method": "dare", "base": "c"}, "merges[m].density: a dare merge needs density"),
+        ({"method": "ties", "base": "c", "density": 1.5}, "density"),
+        ({"method": "task_arithmetic", "base": "a"}, "merges[m].base: 'a' is also one of the models"),
+        ({"method": "linear", "base": "c"}, "merges[m].base: a linear merge takes no base"),
+        ({"method": "linear", "seed": 3}, "merges[m].seed: only a dare merge takes seed"),
+        ({"method": "linear", "density": 0.5}, "merges[m].density: only ties and dare"),
+        ({"method": "slerp", "t": 0.5, "scale": 2.0}, "merges[m].scale"),
+        ({"method": "ties", "base": "c", "density": 0.5, "weights": [1.0]}, "1 weights for 2 models"),
+        ({"tokenizer_policy": "any"}, "tokenizer_policy"),
+    ],
+)
+def test_merge_spec_is_validated(fields, match):
+    from pydantic import ValidationError
+
+    from solar.spec import MergeSpec
+
+    with pytest.raises(ValidationError, match=match.replace("[", r"\[").replace("]", r"\]")):
+        MergeSpec(name="m", models=["a", "b"], **fields)
+
+
+def test_build_merge_takes_the_base_as_last_input(tmp_path):
+    from solar.spec import MergeSpec
+    from solar.stages import build_merge
+
+    base, a, b = _random_models(tmp_path, 3)
+    spec = MergeSpec(name="m", method="task_arithmetic", models=["a", "b"], base="base", scale=0.5)
+    out = _out(tmp_path)
+    build_merge(spec.model_dump(mode="json", exclude={"name", "models", "base"}), [a, b, base], out, None)
+    ins = [load_file(d / "model.safetensors") for d in (base, a, b)]
+    merged = load_file(out / "model.safetensors")
+    for k in merged:
+        assert torch.allclose(merged[k], task_arithmetic(ins[0][k], [ins[1][k], ins[2][k]], [1, 1], 0.5))

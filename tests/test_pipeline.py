@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
@@ -76,8 +79,8 @@ def test_every_stage_builds_an_artifact(first):
     spec, rows, _ = first
     stages = plan(spec)
     assert {s.kind for s in stages} == {
-        "base", "upscale", "pretrain", "data", "math-instruct", "math-alignment",
-        "sft", "merge", "dpo", "eval",
+        "base", "upscale", "pretrain", "data", "math-instruct", "math-alignment", "decontam",
+        "sft", "merge", "dpo", "eval", "perplexity",
     }
     for s in stages:
         out = stage_dir(spec.execution.artifacts_dir, s.kind, s.fingerprint)
@@ -109,9 +112,31 @@ def test_mlflow_holds_a_child_run_per_stage_with_scores(first):
         assert set(metrics) >= {"arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"}
     dpo = children["dpo"]
     assert dpo.data.params["beta"] == "0.1"
+    # Lineage: the decontaminated datasets it read, with their content hashes.
+    inputs = {d.dataset.name: d.dataset for d in dpo.inputs.dataset_inputs}
+    assert set(inputs) == {"decontam-ultrafeedback", "decontam-math-alignment"}
+    for name, ds in inputs.items():
+        digest = json.loads((Path(children[name].data.tags["solar.artifact"]) / "dataset.json").read_text())["digest"]
+        assert ds.digest == digest[:32]
     history = MlflowClient(spec.tracking.uri).get_metric_history(dpo.info.run_id, "loss")
     assert len(history) >= 1  # the training curve
     assert children["pretrain"].data.metrics["heldout_loss"] < children["pretrain"].data.metrics["heldout_loss_before"]
+    # Every model has a held-out perplexity on its own child run; pretraining lowers it.
+    ppl = {name: children[name].data.metrics["heldout_ppl"] for name in ("base", "dus", "pretrain", "dpo")}
+    assert ppl["pretrain"] < ppl["dus"]
+    assert children["ppl-pretrain"].data.metrics["heldout_ppl"] == ppl["pretrain"]
+
+
+def test_final_model_is_registered_with_scores_and_lineage(first):
+    spec, rows, _ = first
+    client = MlflowClient(spec.tracking.uri)
+    (version,) = client.search_model_versions("name = 'tiny-dpo'")
+    dpo_row = next(r for r in rows if r["model"] == "dpo")
+    assert float(version.tags["score.h6"]) * 100 == pytest.approx(dpo_row["h6"], abs=0.006)
+    lineage = version.tags["solar.lineage"].split(" <- ")
+    assert lineage[0] == "dpo" and {"sft-a+b", "sft-a", "pretrain", "dus", "base"} <= set(lineage)
+    files = {a.path for a in client.list_artifacts(version.run_id, "model")}
+    assert "model/model.safetensors" in files and "model/tokenizer.json" in files
 
 
 def test_identical_rerun_is_fully_cached(first, workdir):
@@ -124,13 +149,15 @@ def test_identical_rerun_is_fully_cached(first, workdir):
     assert set(stage_states.values()) == {"Cached"}, stage_states
     children = child_runs(spec, parent_run(spec, flow_run_id).info.run_id)
     assert {c.data.tags.get("solar.cached") for c in children.values()} == {"true"}
+    # The same model is not registered twice.
+    assert len(MlflowClient(spec.tracking.uri).search_model_versions("name = 'tiny-dpo'")) == 1
 
 
 def test_changed_dpo_beta_reruns_only_that_branch(first, workdir):
     _, flow_run_id = run(tiny_spec(workdir, "dpo.dpo.beta=0.2"))
     states = task_states(flow_run_id)
     rebuilt = {name.split(":", 1)[1] for name, s in states.items() if ":" in name and s != "Cached"}
-    assert rebuilt == {"dpo", "eval-dpo"}
+    assert rebuilt == {"dpo", "eval-dpo", "ppl-dpo"}
 
 
 def test_a_deleted_artifact_is_rebuilt_not_returned(first, workdir):

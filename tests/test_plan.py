@@ -51,7 +51,7 @@ def test_changing_a_dpo_beta_changes_only_its_branch():
     before = {s.name: s.fingerprint for s in plan(load_spec(preset="paper-ablation"))}
     after = {s.name: s.fingerprint for s in plan(load_spec(preset="paper-ablation", overrides=["dpo.dpo-v1.beta=0.3"]))}
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"dpo-v1", "dpo-v1+v2", "eval-dpo-v1", "eval-dpo-v1+v2"}
+    assert changed == {"dpo-v1", "dpo-v1+v2", "eval-dpo-v1", "eval-dpo-v1+v2", "ppl-dpo-v1", "ppl-dpo-v1+v2"}
 
 
 def test_stage_names_do_not_enter_fingerprints():
@@ -61,3 +61,45 @@ def test_stage_names_do_not_enter_fingerprints():
     fp = {s.name: s.fingerprint for s in stages}
     fp2 = {s.name: s.fingerprint for s in renamed}
     assert fp["sft-v1"] == fp2["sft-alpaca"]
+
+
+def test_dus_ranges_are_planned_and_checked(tmp_path):
+    spec = load_spec(preset="solar-10.7b", overrides=["upscale.m=null", "upscale.ranges=[[0, 24], [8, 32]]"])
+    dus = by_name(describe(spec, tmp_path))["dus"]
+    assert dus["layers"] == 48 and dus["params"] == pytest.approx(10.7e9, abs=0.05e9)
+    spec = load_spec(preset="solar-10.7b", overrides=["upscale.m=null", "upscale.ranges=[[0, 32], [16, 32]]"])
+    assert by_name(describe(spec, tmp_path))["dus"]["layers"] == 48
+    with pytest.raises(ValueError, match=r"upscale.ranges\[1\]: \[8, 33\] goes past the base's n=32"):
+        load_spec(preset="solar-10.7b", overrides=["upscale.m=null", "upscale.ranges=[[0, 24], [8, 33]]"])
+    with pytest.raises(ValueError, match="exactly one of m or ranges"):
+        load_spec(preset="solar-10.7b", overrides=["upscale.ranges=[[0, 24], [8, 32]]"])
+
+
+def test_a_merge_base_is_an_input_and_fingerprinted():
+    ties = ["merges.sft-v3+v4.method=ties", "merges.sft-v3+v4.base=sft-v1", "merges.sft-v3+v4.density=0.5"]
+    stages = {s.name: s for s in plan(load_spec(preset="paper-ablation", overrides=ties))}
+    assert stages["sft-v3+v4"].inputs == ("sft-v3", "sft-v4", "sft-v1")
+    assert "base" not in stages["sft-v3+v4"].params  # names do not enter fingerprints
+    changed = {s.name: s for s in plan(load_spec(preset="paper-ablation",
+                                                 overrides=ties + ["sft.sft-v1.train.max_steps=7"]))}
+    assert changed["sft-v3+v4"].fingerprint != stages["sft-v3+v4"].fingerprint
+    records = by_name(describe(load_spec(preset="paper-ablation", overrides=ties), "/nonexistent"))
+    assert records["sft-v3+v4"]["layers"] == records["dus"]["layers"]
+
+
+def test_sdpo_steps_chain_and_reuse_earlier_steps():
+    two = plan(load_spec(preset="paper-ablation", overrides=["dpo.dpo-v2.sdpo=true"]))
+    stages = {s.name: s for s in two}
+    step1, final = stages["dpo-v2.step1"], stages["dpo-v2"]
+    # (Training stages read the decontaminated version of each dataset.)
+    assert step1.inputs[0] == "sft-v3" and step1.inputs[1].endswith("ultrafeedback")
+    assert step1.kind == "dpo" and len(step1.inputs) == 2
+    # Step 2 starts from, and is referenced to, step 1's model (its base input).
+    assert final.inputs[0] == "dpo-v2.step1" and final.inputs[1].endswith("math-alignment")
+    # Step 1 is the very computation of a one-dataset DPO on its data: shared fingerprint,
+    # so an sDPO with one more step reuses it.
+    one = {s.name: s for s in plan(load_spec(preset="paper-ablation", overrides=[
+        "dpo.dpo-v2.datasets=[ultrafeedback]"]))}
+    assert one["dpo-v2"].fingerprint == step1.fingerprint
+    assert final.fingerprint != step1.fingerprint
+    assert "eval-dpo-v2" in stages and stages["eval-dpo-v2"].inputs == ("dpo-v2",)
