@@ -157,6 +157,8 @@ class TrainSpec(Strict):
     # crash resumes from the newest checkpoint. null: no checkpoints.
     save_steps: PositiveInt | None = 100
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Data-parallel processes on this machine, started with torchrun (DDP; gloo on CPU).
+    processes: PositiveInt = 1
     bf16: bool | None = None
     activation_checkpointing: bool | None = None
 

@@ -81,6 +81,16 @@ class LogMetrics(TrainerCallback):
             self.log(scalars, state.global_step)
 
 
+def _distributed(fn: str, cfg: TrainSpec, log: LogFn, **kwargs: Any) -> dict[str, float]:
+    """Run the training function `fn` in `cfg.processes` ranks (see solar/launch.py)."""
+    import tempfile
+
+    from solar.launch import run_distributed
+
+    with tempfile.TemporaryDirectory(prefix="solar-launch-") as work:
+        return run_distributed(fn, kwargs, cfg, log, Path(work))
+
+
 def _train(trainer, checkpoints: Path | None) -> dict[str, float]:
     """Train, resuming from the newest checkpoint a killed earlier attempt left."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -92,12 +102,12 @@ def _train(trainer, checkpoints: Path | None) -> dict[str, float]:
 
 def _finish(trainer, tokenizer, out_dir: Path) -> dict[str, float]:
     """Save final weights (safetensors) and tokenizer; drop trainer scratch files."""
-    trainer.save_model(str(out_dir))
-    tokenizer.save_pretrained(out_dir)
-    for scratch in ("training_args.bin",):
-        (out_dir / scratch).unlink(missing_ok=True)
+    trainer.save_model(str(out_dir))  # writes on the main process only
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(out_dir)
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
     history = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    metrics = {"train_steps": float(trainer.state.global_step)}
+    metrics = {"train_steps": float(trainer.state.global_step), "world_size": float(trainer.args.world_size)}
     if history:
         metrics["train_loss_first"] = float(history[0])
         metrics["train_loss_last"] = float(history[-1])
@@ -110,6 +120,9 @@ def pretrain(
 ) -> dict[str, float]:
     """Continued pretraining: causal LM on the corpus, packed so that no token is dropped.
     Held-out loss is measured before and after, to show the up-scaled model recovering."""
+    if cfg.processes > 1:
+        return _distributed("pretrain", cfg, log, model_dir=model_dir, corpus_dir=corpus_dir,
+                            out_dir=out_dir, checkpoints=checkpoints)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -137,6 +150,9 @@ def sft(
     checkpoints: Path | None = None,
 ) -> dict[str, float]:
     """Supervised fine-tuning on a mixture of prompt/completion chats; loss on the answer only."""
+    if cfg.processes > 1:
+        return _distributed("sft", cfg, log, model_dir=model_dir, data_dirs=data_dirs, out_dir=out_dir,
+                            template=template, checkpoints=checkpoints)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -171,6 +187,10 @@ def dpo(
 ) -> dict[str, float]:
     """DPO against the base model as reference. Its log-probs are computed once, up front,
     and kept in `ref_cache` so variants with the same reference and data reuse them."""
+    if cfg.processes > 1:
+        return _distributed("dpo", cfg, log, model_dir=model_dir, data_dirs=data_dirs, out_dir=out_dir,
+                            beta=beta, loss_type=loss_type, template=template,
+                            checkpoints=checkpoints, ref_cache=ref_cache)
     from datasets import Dataset
     from trl import DPOConfig
 
