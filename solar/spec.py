@@ -136,6 +136,16 @@ class UpscaleSpec(Strict):
         return self
 
 
+class LoraSpec(Strict):
+    """LoRA adapters (peft) instead of full fine-tuning; merged back into full weights
+    before the stage's model is saved, so merges and evals see an ordinary model."""
+
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class TrainSpec(Strict):
     """Optimisation settings shared by pretraining, SFT and DPO.
 
@@ -159,6 +169,7 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Data-parallel processes on this machine, started with torchrun (DDP; gloo on CPU).
     processes: PositiveInt = 1
+    lora: LoraSpec | None = None
     bf16: bool | None = None
     activation_checkpointing: bool | None = None
 

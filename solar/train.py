@@ -100,9 +100,23 @@ def _train(trainer, checkpoints: Path | None) -> dict[str, float]:
     return {"resumed_from_step": float(last.rsplit("-", 1)[-1]) if last else 0.0}
 
 
+def peft_config(cfg: TrainSpec):
+    """A peft LoraConfig from the spec, or None for full fine-tuning."""
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+
+
 def _finish(trainer, tokenizer, out_dir: Path) -> dict[str, float]:
-    """Save final weights (safetensors) and tokenizer; drop trainer scratch files."""
-    trainer.save_model(str(out_dir))  # writes on the main process only
+    """Save final weights (safetensors; LoRA adapters merged in) and tokenizer."""
+    if hasattr(trainer.model, "merge_and_unload"):  # a peft model
+        if trainer.is_world_process_zero():
+            trainer.model.merge_and_unload().save_pretrained(out_dir)
+    else:
+        trainer.save_model(str(out_dir))  # writes on the main process only
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(out_dir)
         (out_dir / "training_args.bin").unlink(missing_ok=True)
@@ -134,7 +148,7 @@ def pretrain(
                                 dataset_text_field="text", eval_strategy="no"))
     trainer = SFTTrainer(
         model=load_model(model_dir), args=args, train_dataset=train, eval_dataset=heldout,
-        processing_class=tokenizer, callbacks=[LogMetrics(log)],
+        processing_class=tokenizer, callbacks=[LogMetrics(log)], peft_config=peft_config(cfg),
     )
     before = trainer.evaluate()["eval_loss"]
     log({"heldout_loss": before}, 0)
@@ -162,7 +176,7 @@ def sft(
     args = SFTConfig(**trl_args(cfg, out_dir, checkpoints, completion_only_loss=True))
     trainer = SFTTrainer(
         model=load_model(model_dir), args=args, train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer, callbacks=[LogMetrics(log)],
+        processing_class=tokenizer, callbacks=[LogMetrics(log)], peft_config=peft_config(cfg),
     )
     resumed = _train(trainer, checkpoints)
     return {**_finish(trainer, tokenizer, out_dir), **resumed, "rows": float(len(rows))}
@@ -203,7 +217,7 @@ def dpo(
     trainer = _cached_ref_trainer()(
         model=load_model(model_dir), ref_model=None, args=args,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        callbacks=[LogMetrics(log)], ref_cache_file=cache_file,
+        callbacks=[LogMetrics(log)], ref_cache_file=cache_file, peft_config=peft_config(cfg),
     )
     resumed = _train(trainer, checkpoints)
     metrics = {**_finish(trainer, tokenizer, out_dir), **resumed,

@@ -30,3 +30,23 @@ def test_two_process_sft_has_world_size_two_and_saves_a_model(tmp_path, tiny_cor
     assert not all((weights[k] == start[k]).all() for k in weights)
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
     assert (out / "tokenizer.json").is_file()
+
+
+def test_lora_sft_saves_merged_full_weights(tmp_path, tiny_corpus):
+    from solar.spec import LoraSpec
+
+    base, data, out = tmp_path / "base", tmp_path / "data", tmp_path / "out"
+    for d in (base, data, out):
+        d.mkdir()
+    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                         num_kv_heads=1, vocab_size=300), tiny_corpus, base)
+    write_rows(data, [{"prompt": [user(f"what is {i} times two?")], "completion": [assistant(str(2 * i))]}
+                      for i in range(32)])
+    cfg = TrainSpec(max_steps=3, batch_size=4, max_length=64, learning_rate=1e-2, save_steps=None,
+                    lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    sft(base, [data], out, cfg, "solar", lambda m, s: None)
+    weights, start = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    assert weights.keys() == start.keys()  # plain model, no lora_A/lora_B tensors
+    changed = {k for k in weights if not (weights[k] == start[k]).all()}
+    # Only the adapted projections moved: LoRA trains nothing else.
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
