@@ -167,6 +167,8 @@ def merge_models(
         raise ValueError(f"merge: {method} needs density")
     if (base is not None) != (method in BASE_METHODS):
         raise ValueError(f"merge: method {method} {'needs' if base is None else 'takes no'} base model")
+    if weights is not None and len(weights) != len(model_dirs):
+        raise ValueError(f"merge: {len(weights)} weights for {len(model_dirs)} models")
     dirs = model_dirs + ([base] if base is not None else [])
     configs = [json.loads((d / "config.json").read_text()) for d in dirs]
     for d, c in zip(dirs[1:], configs[1:], strict=True):
@@ -215,10 +217,7 @@ def merge_tensor(method: str, srcs: list[TensorInfo], base: TensorInfo | None, w
                  t: float | None, density: float | None, scale: float, seed: int):
     """Yield the merged tensor in row chunks, read from the inputs' files."""
     chunks = row_chunks(srcs[0], CHUNK_ELEMENTS)
-
-    def read(i: TensorInfo, r: tuple[int, int]) -> torch.Tensor:
-        return read_rows(i, *r)
-
+    read = lambda info, r: read_rows(info, *r)  # noqa: E731
     if method == "slerp":
         dot = na = nb = 0.0
         for r in chunks:

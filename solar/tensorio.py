@@ -228,18 +228,23 @@ def write_model(
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
         tmp = out_dir / f".{fname}.tmp"
-        with open(tmp, "wb", buffering=0) as raw:
-            raw.write(struct.pack("<Q", len(blob)) + blob)
-            f = ShardFile(raw)
-            try:
-                for t in shard:
-                    before = f.written
-                    fill(t, f)
-                    if f.written - before != t.nbytes:
-                        raise RuntimeError(f"{fname}: {f.written - before} bytes for {t.name}, expected {t.nbytes}")
-            finally:
-                f.close()
-            os.fsync(raw.fileno())
+        try:
+            with open(tmp, "wb", buffering=0) as raw:
+                raw.write(struct.pack("<Q", len(blob)) + blob)
+                f = ShardFile(raw)
+                try:
+                    for t in shard:
+                        before = f.written
+                        fill(t, f)
+                        if f.written - before != t.nbytes:
+                            raise RuntimeError(f"{fname}: {f.written - before} bytes for {t.name}, "
+                                               f"expected {t.nbytes}")
+                finally:
+                    f.close()
+                os.fsync(raw.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, out_dir / fname)
         total += offset
     if len(shards) > 1:

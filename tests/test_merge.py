@@ -224,8 +224,10 @@ def test_merge_models_tokenizer_policy_first(tmp_path):
 def test_merge_models_refuses_nan(tmp_path):
     _write_model(tmp_path / "a", {"w": torch.tensor([float("nan"), 1.0])})
     _write_model(tmp_path / "b", {"w": torch.tensor([1.0, 1.0])})
+    out = _out(tmp_path)
     with pytest.raises(ValueError, match="non-finite"):
-        merge_models([tmp_path / "a", tmp_path / "b"], _out(tmp_path))
+        merge_models([tmp_path / "a", tmp_path / "b"], out)
+    assert not list(out.iterdir())  # the half-written shard is gone
 
 
 @pytest.mark.parametrize(
