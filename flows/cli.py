@@ -100,7 +100,7 @@ def run_command(spec: PipelineSpec) -> int:
 
     flow = pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.execution.max_parallel))
     rows = flow(spec=spec)
-    print_table(rows, f"{spec.name}: models x H6 (%)")
+    print_table(rows, f"{spec.name}: models x H6 (%){' -- estimate on doc subsets' if spec.eval and spec.eval.is_estimate else ''}")
     return 0
 
 

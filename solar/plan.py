@@ -31,6 +31,7 @@ KIND_MODULES: dict[str, tuple[str, ...]] = {
     "decontam": ("decontam.py", "data.py"),
     "sft": ("train.py", "data.py"),
     "merge": ("merge.py", "tensorio.py", "model.py"),
+    "select": ("selection.py",),
     "dpo": ("train.py", "data.py"),
     "eval": ("evaluate.py",),
     "perplexity": ("perplexity.py", "model.py"),
@@ -49,7 +50,7 @@ class Stage:
 
     @property
     def is_model(self) -> bool:
-        return self.kind in MODEL_KINDS
+        return self.kind in MODEL_KINDS or self.kind == "select"
 
 
 @cache
@@ -89,6 +90,8 @@ def plan(spec: PipelineSpec) -> list[Stage]:
     deps = dependencies(spec)
     cleaned = decontam_targets(spec)  # dataset -> its decontam stage, which trainers read
     stepwise = {d.name for d in spec.dpo if d.sdpo and len(d.datasets) > 1}
+    grids = {m.name: m for m in spec.merges if m.candidates}
+    eval_p = eval_params(spec) if spec.eval else {}
     fps: dict[str, str] = {}
     stages: list[Stage] = []
     for name in topological_order(spec):
@@ -97,6 +100,9 @@ def plan(spec: PipelineSpec) -> list[Stage]:
         inputs = tuple(cleaned.get(ref, ref) if trains else ref for ref, _ in deps[name])
         if name in stepwise:
             stages += sdpo_steps(name, p, inputs, fps)
+            continue
+        if name in grids:
+            stages += merge_grid(grids[name], inputs, fps, eval_p)
             continue
         fps[name] = fingerprint(kind, p, [fps[i] for i in inputs])
         stages.append(Stage(name, kind, inputs, p, fps[name]))
@@ -107,13 +113,11 @@ def plan(spec: PipelineSpec) -> list[Stage]:
     if spec.eval:
         ev = spec.eval
         targets = [s.name for s in stages if s.is_model] if ev.models == "all" else ev.models
-        p = ev.model_dump(mode="json", exclude={"models", "perplexity_corpus"})
-        p["harness"] = _harness_version()
-        if ev.data.startswith("embedded:"):
-            p["data_digest"] = _embedded_dir_digest(ev.data.removeprefix("embedded:"))
+        evaluated = {s.name for s in stages if s.kind == "eval"}  # merge candidates already are
         for model in targets:
-            fp = fingerprint("eval", p, [fps[model]])
-            stages.append(Stage(f"eval-{model}", "eval", (model,), p, fp))
+            if f"eval-{model}" not in evaluated:
+                fp = fingerprint("eval", eval_p, [fps[model]])
+                stages.append(Stage(f"eval-{model}", "eval", (model,), eval_p, fp))
         if ev.perplexity_corpus:
             corpus = ev.perplexity_corpus
             pp = {"max_length": 256, "batch_size": ev.batch_size}
@@ -121,6 +125,36 @@ def plan(spec: PipelineSpec) -> list[Stage]:
                 fp = fingerprint("perplexity", pp, [fps[model], fps[corpus]])
                 stages.append(Stage(f"ppl-{model}", "perplexity", (model, corpus), pp, fp))
     return stages
+
+
+def eval_params(spec: PipelineSpec) -> dict[str, Any]:
+    """What an H6 score depends on besides the model: tasks, shots, limits, batch size,
+    generation length, seed, the harness version and the eval data."""
+    ev = spec.eval
+    p = ev.model_dump(mode="json", exclude={"models", "perplexity_corpus"})
+    p["harness"] = _harness_version()
+    if ev.data.startswith("embedded:"):
+        p["data_digest"] = _embedded_dir_digest(ev.data.removeprefix("embedded:"))
+    return p
+
+
+def merge_grid(m, inputs: tuple[str, ...], fps: dict[str, str], eval_p: dict[str, Any]) -> list[Stage]:
+    """A merge candidate grid: each candidate merged and evaluated, then a `select` stage,
+    named as the merge, that holds the best candidate by `m.select_by`."""
+    stages, evals = [], []
+    for i in range(1, len(m.candidates) + 1):
+        c = m.candidate(i)
+        p = c.model_dump(mode="json", exclude={"name", "models", "base", "candidates", "select_by"})
+        fps[c.name] = fingerprint("merge", p, [fps[x] for x in inputs])
+        stages.append(Stage(c.name, "merge", inputs, p, fps[c.name]))
+        e = f"eval-{c.name}"
+        fps[e] = fingerprint("eval", eval_p, [fps[c.name]])
+        stages.append(Stage(e, "eval", (c.name,), eval_p, fps[e]))
+        evals.append(e)
+    picks = tuple(s.name for s in stages if s.kind == "merge") + tuple(evals)
+    p = {"select_by": m.select_by}
+    fps[m.name] = fingerprint("select", p, [fps[x] for x in picks])
+    return stages + [Stage(m.name, "select", picks, p, fps[m.name])]
 
 
 def sdpo_steps(name: str, p: dict[str, Any], inputs: tuple[str, ...], fps: dict[str, str]) -> list[Stage]:
@@ -164,7 +198,7 @@ def stage_params(spec: PipelineSpec) -> dict[str, tuple[str, dict[str, Any]]]:
     for s in spec.sft:
         out[s.name] = ("sft", s.model_dump(mode="json", exclude={"name", "base", "datasets"}))
     for m in spec.merges:
-        out[m.name] = ("merge", m.model_dump(mode="json", exclude={"name", "models", "base"}))
+        out[m.name] = ("merge", m.model_dump(mode="json", exclude={"name", "models", "base", "candidates", "select_by"}))
     for d in spec.dpo:
         out[d.name] = ("dpo", d.model_dump(mode="json", exclude={"name", "base", "datasets", "sdpo"}))
     return out

@@ -45,12 +45,14 @@ def print_table(rows: list[dict[str, float | str]], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    table.add_column("Model")
+    table.add_column("Model", no_wrap=True)
     for _, name in COLUMNS:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(str(row["model"]), *(f"{row[k]:.2f}" if k in row else "-" for k, _ in COLUMNS))
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 112)  # full names even when piped (rich assumes 80)
+    console.print(table)
 
 
 def _cells(row: dict[str, float | str]) -> list[str]:
@@ -64,12 +66,20 @@ def _md_table(header: list[str], lines: list[list[str]], numeric_from: int) -> s
     return "\n".join(out) + "\n"
 
 
+def estimate_note(spec: PipelineSpec) -> str:
+    if spec.eval is None or not spec.eval.is_estimate:
+        return ""
+    limits = {name: t.limit for name, t in spec.eval.tasks.items() if t.limit is not None}
+    return (" -- ESTIMATE: screened on document subsets ("
+            + ", ".join(f"{k} {v}" for k, v in limits.items()) + " docs), not leaderboard numbers")
+
+
 def paper_tables(spec: PipelineSpec, rows: list[dict[str, float | str]]) -> str:
     """The report in the layout of the paper's Tables 3-5 (O/X marks which datasets a
     variant trained on) and its merge tables, in markdown."""
     scores = {str(r["model"]): r for r in rows}
     titles = [t for _, t in COLUMNS]
-    parts = [f"# {spec.name}: H6 (%)\n", _md_table(["Model"] + titles, [
+    parts = [f"# {spec.name}: H6 (%){estimate_note(spec)}\n", _md_table(["Model"] + titles, [
         [str(r["model"])] + _cells(r) for r in rows], 1)]
 
     def variant_table(title: str, variants: list, with_base: bool) -> None:
@@ -87,14 +97,20 @@ def paper_tables(spec: PipelineSpec, rows: list[dict[str, float | str]]) -> str:
 
     variant_table("SFT variants (as Table 3)", spec.sft, with_base=False)
     variant_table("DPO variants (as Tables 4-5)", spec.dpo, with_base=True)
-    merges = [m for m in spec.merges if m.name in scores]
+    merges = [m for m in spec.merges if m.name in scores or m.candidates]
     if merges:
         lines = []
         for m in merges:
-            how = m.method + (f" t={m.t}" if m.t is not None else "")
-            weights = m.weights or [1.0] * len(m.models)
-            inputs = " + ".join(f"{w:g}*{x}" for w, x in zip(weights, m.models, strict=True))
-            lines.append([m.name, how, inputs] + _cells(scores[m.name]))
+            variants = [m.candidate(i) for i in range(1, len(m.candidates) + 1)] if m.candidates else [m]
+            scored = [v for v in variants if v.name in scores]
+            by = [float(scores[v.name].get(m.select_by, -1)) for v in scored]
+            winner = scored[by.index(max(by))].name if m.candidates and scored else None  # as selection.py
+            for v in scored:
+                how = v.method + (f" t={v.t}" if v.t is not None else "")
+                weights = v.weights or [1.0] * len(v.models)
+                inputs = " + ".join(f"{w:g}*{x}" for w, x in zip(weights, v.models, strict=True))
+                mark = " (selected)" if v.name == winner else ""
+                lines.append([v.name + mark, how, inputs] + _cells(scores[v.name]))
         parts.append("\n## Merges (as Tables 6-7)\n\n" + _md_table(["Model", "Method", "Inputs"] + titles, lines, 3))
     return "".join(parts)
 

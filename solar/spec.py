@@ -22,6 +22,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -319,6 +320,29 @@ class MergeSpec(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     tokenizer_policy: Literal["require_same", "first"] = "require_same"
     shard_size_mb: PositiveInt = 1000
+    # A candidate grid (the paper's Table 7): each entry overrides method/weights/t/...
+    # of this merge; every candidate is built and evaluated, and the best by `select_by`
+    # becomes this stage's model, the one downstream stages use.
+    candidates: list[dict[str, Any]] | None = Field(None, min_length=2)
+    select_by: Literal["h6", "arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"] = "h6"
+
+    def candidate(self, i: int) -> MergeSpec:
+        """The i-th candidate (from 1) as a plain merge."""
+        data = self.model_dump(exclude={"candidates", "select_by"})
+        data.update(self.candidates[i - 1], name=f"{self.name}.c{i}")
+        return MergeSpec.model_validate(data)
+
+    @model_validator(mode="after")
+    def _candidates(self) -> MergeSpec:
+        for i, cand in enumerate(self.candidates or [], 1):
+            unknown = set(cand) - {"method", "weights", "t", "density", "scale", "seed", "base", "dtype"}
+            if unknown:
+                raise ValueError(f"merges[{self.name}].candidates[{i - 1}]: cannot override {sorted(unknown)}")
+            try:
+                self.candidate(i)
+            except ValidationError as e:
+                raise ValueError(f"merges[{self.name}].candidates[{i - 1}]: {e.errors()[0]['msg']}") from None
+        return self
 
     @model_validator(mode="after")
     def _method_args(self) -> MergeSpec:
@@ -396,6 +420,12 @@ class EvalSpec(Strict):
     # A text dataset whose held-out split (see solar/perplexity.py) every model stage is
     # scored on: base, up-scaled and pretrained models side by side show the DUS story.
     perplexity_corpus: Name | None = None
+
+    @property
+    def is_estimate(self) -> bool:
+        """Scores on document subsets (any task `limit`) are screening estimates, not the
+        leaderboard's numbers; reports say so wherever they show them."""
+        return any(t.limit is not None for t in self.tasks.values())
 
 
 class TrackingSpec(Strict):
@@ -541,6 +571,9 @@ def check_references(spec: PipelineSpec) -> None:
                 ok = kind == need
             if not ok:
                 raise ValueError(f"{field}: {ref!r} is a {kind} stage, but a {need} stage is needed here")
+    for i, m in enumerate(spec.merges):
+        if m.candidates and spec.eval is None:
+            raise ValueError(f"merges[{i}].candidates: selecting a candidate needs an eval section")
     stage = spec.tracking.register_stage
     if stage is not None and kinds.get(stage, ("",))[0] not in MODEL_KINDS:
         raise ValueError(f"tracking.register_stage: {stage!r} names no model stage")

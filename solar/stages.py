@@ -140,6 +140,13 @@ def build_perplexity(p: dict[str, Any], inputs: list[Path], out: Path, run: Stag
     return perplexity(inputs[0], heldout, p["max_length"], p["batch_size"])
 
 
+def build_select(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
+    from solar.selection import select
+
+    half = len(inputs) // 2  # candidates, then their evaluations
+    return select(inputs[:half], inputs[half:], out, p["select_by"])
+
+
 BUILDERS: dict[str, Builder] = {
     "base": build_base,
     "upscale": build_upscale,
@@ -151,6 +158,7 @@ BUILDERS: dict[str, Builder] = {
     "sft": build_sft,
     "dpo": build_dpo,
     "merge": build_merge,
+    "select": build_select,
     "eval": build_eval,
     "perplexity": build_perplexity,
 }

@@ -64,6 +64,7 @@ pretrain = stage_task("pretrain", ("gpu",))
 sft = stage_task("sft", ("gpu",))
 dpo = stage_task("dpo", ("gpu",))
 merge = stage_task("merge", ("cpu",))
+select_candidate = stage_task("select", ("cpu",))
 evaluate = stage_task("eval", ("gpu",))
 perplexity = stage_task("perplexity", ("gpu",))
 
@@ -78,6 +79,7 @@ STAGE_TASKS = {
     "sft": sft,
     "dpo": dpo,
     "merge": merge,
+    "select": select_candidate,
     "eval": evaluate,
     "perplexity": perplexity,
 }

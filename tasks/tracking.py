@@ -59,7 +59,8 @@ def summarize(
     with tempfile.TemporaryDirectory() as tmp:
         chart = Path(tmp) / "h6.png"
         if rows:
-            report.bar_chart(rows, chart, f"{spec.name}: H6 by task (%)")
+            estimate = " (estimate on document subsets)" if spec.eval and spec.eval.is_estimate else ""
+            report.bar_chart(rows, chart, f"{spec.name}: H6 by task (%){estimate}")
         log_summary(
             tracking,
             {"summary/h6.md": tables, "summary/h6.csv": report.to_csv(rows)},

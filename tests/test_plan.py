@@ -103,3 +103,31 @@ def test_sdpo_steps_chain_and_reuse_earlier_steps():
     assert one["dpo-v2"].fingerprint == step1.fingerprint
     assert final.fingerprint != step1.fingerprint
     assert "eval-dpo-v2" in stages and stages["eval-dpo-v2"].inputs == ("dpo-v2",)
+
+
+def test_merge_candidate_grid_is_merged_evaluated_and_selected():
+    spec = load_spec(preset="paper-ablation", overrides=[
+        "merges.sft-v3+v4.candidates=[{weights: [0.5, 0.5]}, {weights: [0.4, 0.6]}, "
+        "{weights: [0.6, 0.4]}, {method: slerp, t: 0.5, weights: null}]"])
+    stages = {s.name: s for s in plan(spec)}
+    cands = [f"sft-v3+v4.c{i}" for i in range(1, 5)]
+    assert all(stages[c].kind == "merge" and stages[f"eval-{c}"].inputs == (c,) for c in cands)
+    assert stages["sft-v3+v4.c4"].params["method"] == "slerp"
+    select = stages["sft-v3+v4"]
+    assert select.kind == "select" and select.inputs == tuple(cands) + tuple(f"eval-{c}" for c in cands)
+    # Downstream stages use the selected model.
+    assert stages["dpo-v3"].inputs[0] == "sft-v3+v4"
+    # The 0.5/0.5 candidate is the very merge the plain spec builds: shared fingerprint.
+    plain = {s.name: s for s in plan(load_spec(preset="paper-ablation"))}
+    assert stages["sft-v3+v4.c1"].fingerprint == plain["sft-v3+v4"].fingerprint
+
+
+def test_merge_candidates_are_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"candidates\[1\].*1 weights for 2 models"):
+        load_spec(preset="paper-ablation", overrides=[
+            "merges.sft-v3+v4.candidates=[{weights: [0.5, 0.5]}, {weights: [1.0]}]"])
+    with pytest.raises(ValidationError, match=r"cannot override \['models'\]"):
+        load_spec(preset="paper-ablation", overrides=[
+            "merges.sft-v3+v4.candidates=[{models: [a, b]}, {weights: [1, 1]}]"])

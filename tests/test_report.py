@@ -38,3 +38,13 @@ def test_paper_ablation_report_has_the_papers_rows_and_columns(tmp_path):
     assert len(csv) == 1 + len(spec.eval.models)
     bar_chart(rows, tmp_path / "h6.png", "test")
     assert (tmp_path / "h6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_subset_scores_are_marked_as_estimates():
+    spec = load_spec(preset="paper-ablation")
+    assert spec.eval.is_estimate
+    md = paper_tables(spec, score_rows(fake_evals(["sft-v1"])))
+    assert md.splitlines()[0].startswith("# paper-ablation: H6 (%) -- ESTIMATE: screened on document subsets")
+    full = load_spec(preset="solar-10.7b")
+    assert not full.eval.is_estimate
+    assert "ESTIMATE" not in paper_tables(full, [])
