@@ -32,3 +32,15 @@ def tiny_corpus(tmp_path_factory):
         for _ in range(200):
             f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(40))}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory, tiny_corpus):
+    """A 2-layer Mistral-architecture model with its tokenizer: read-only for tests."""
+    from solar.model import build_tiny
+    from solar.spec import TinyModel
+
+    path = tmp_path_factory.mktemp("tiny-base")
+    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                         num_kv_heads=1, vocab_size=300), tiny_corpus, path)
+    return path

@@ -5,19 +5,20 @@ import json
 from safetensors.torch import load_file
 
 from solar.data import assistant, user, write_rows
-from solar.model import build_tiny
-from solar.spec import TinyModel, TrainSpec
+from solar.spec import TrainSpec
 from solar.train import sft
 
 
-def test_two_process_sft_has_world_size_two_and_saves_a_model(tmp_path, tiny_corpus):
-    base, data, out = tmp_path / "base", tmp_path / "data", tmp_path / "out"
-    for d in (base, data, out):
-        d.mkdir()
-    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                         num_kv_heads=1, vocab_size=300), tiny_corpus, base)
-    write_rows(data, [{"prompt": [user(f"what is {i} times two?")], "completion": [assistant(str(2 * i))]}
+def sft_data(path):
+    path.mkdir()
+    write_rows(path, [{"prompt": [user(f"what is {i} times two?")], "completion": [assistant(str(2 * i))]}
                       for i in range(32)])
+    return path
+
+
+def test_two_process_sft_has_world_size_two_and_saves_a_model(tmp_path, tiny_base):
+    base, data, out = tiny_base, sft_data(tmp_path / "data"), tmp_path / "out"
+    out.mkdir()
     logged = []
     cfg = TrainSpec(max_steps=4, batch_size=4, max_length=64, logging_steps=1, save_steps=None, processes=2)
     metrics = sft(base, [data], out, cfg, "solar", lambda m, s: logged.append((s, m)))
@@ -32,16 +33,11 @@ def test_two_process_sft_has_world_size_two_and_saves_a_model(tmp_path, tiny_cor
     assert (out / "tokenizer.json").is_file()
 
 
-def test_lora_sft_saves_merged_full_weights(tmp_path, tiny_corpus):
+def test_lora_sft_saves_merged_full_weights(tmp_path, tiny_base):
     from solar.spec import LoraSpec
 
-    base, data, out = tmp_path / "base", tmp_path / "data", tmp_path / "out"
-    for d in (base, data, out):
-        d.mkdir()
-    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                         num_kv_heads=1, vocab_size=300), tiny_corpus, base)
-    write_rows(data, [{"prompt": [user(f"what is {i} times two?")], "completion": [assistant(str(2 * i))]}
-                      for i in range(32)])
+    base, data, out = tiny_base, sft_data(tmp_path / "data"), tmp_path / "out"
+    out.mkdir()
     cfg = TrainSpec(max_steps=3, batch_size=4, max_length=64, learning_rate=1e-2, save_steps=None,
                     lora=LoraSpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
     sft(base, [data], out, cfg, "solar", lambda m, s: None)

@@ -4,19 +4,15 @@ import torch
 from safetensors.torch import load_file
 
 from solar.data import assistant, user, write_rows
-from solar.model import build_tiny
-from solar.spec import TinyModel, TrainSpec
+from solar.spec import TrainSpec
 from solar.train import dpo
 
 CFG = TrainSpec(max_steps=3, batch_size=4, max_length=64, learning_rate=1e-3, logging_steps=1, save_steps=None)
 
 
-def test_second_variant_reuses_reference_logps_and_trains_identically(tmp_path, tiny_corpus):
-    base, data = tmp_path / "base", tmp_path / "data"
-    base.mkdir()
+def test_second_variant_reuses_reference_logps_and_trains_identically(tmp_path, tiny_base):
+    base, data = tiny_base, tmp_path / "data"
     data.mkdir()
-    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                         num_kv_heads=1, vocab_size=300), tiny_corpus, base)
     write_rows(data, [{"prompt": [user(f"what is {i} plus one?")], "chosen": [assistant(str(i + 1))],
                        "rejected": [assistant(str(i + 2))]} for i in range(24)])
     cache = tmp_path / "refcache"

@@ -11,21 +11,16 @@ import torch
 from safetensors.torch import load_file
 
 from solar.data import assistant, user, write_rows
-from solar.model import build_tiny
-from solar.spec import TinyModel, TrainSpec
+from solar.spec import TrainSpec
 from solar.train import sft
 
 CFG = TrainSpec(max_steps=8, batch_size=4, max_length=64, learning_rate=1e-3, logging_steps=2, save_steps=4)
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, tiny_corpus):
-    root = tmp_path_factory.mktemp("resume")
-    base, data = root / "base", root / "data"
-    base.mkdir()
+def inputs(tmp_path_factory, tiny_base):
+    base, data = tiny_base, tmp_path_factory.mktemp("resume") / "data"
     data.mkdir()
-    build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-                         num_kv_heads=1, vocab_size=300), tiny_corpus, base)
     write_rows(data, [{"prompt": [user(f"what is {i} plus {i}?")], "completion": [assistant(str(2 * i))]}
                       for i in range(64)])
     return base, data
