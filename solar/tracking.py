@@ -177,8 +177,28 @@ def record_cached(ctx: TrackingContext, result) -> str:
         },
     )
     StageRun(ctx, run.info.run_id).log(result.metrics)
+    _copy_params_and_inputs(c, result.run_id, run.info.run_id)
     c.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def _copy_params_and_inputs(c, source_run_id: str | None, run_id: str) -> None:
+    """Give a cached stage's record the spec params and dataset lineage of the run that
+    built it (when that run is in this tracking store)."""
+    from mlflow.entities import Param
+    from mlflow.exceptions import MlflowException
+
+    if not source_run_id:
+        return
+    try:
+        source = c.get_run(source_run_id)
+    except MlflowException:  # built against another tracking store
+        return
+    params = [Param(k, v) for k, v in source.data.params.items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i : i + 100])
+    if source.inputs and source.inputs.dataset_inputs:
+        c.log_inputs(run_id, datasets=list(source.inputs.dataset_inputs))
 
 
 def log_summary(

@@ -149,6 +149,11 @@ def test_identical_rerun_is_fully_cached(first, workdir):
     assert set(stage_states.values()) == {"Cached"}, stage_states
     children = child_runs(spec, parent_run(spec, flow_run_id).info.run_id)
     assert {c.data.tags.get("solar.cached") for c in children.values()} == {"true"}
+    # A reused stage's record carries the spec params and data lineage of the run that built it.
+    assert children["dpo"].data.params["beta"] == "0.1"
+    client = MlflowClient(spec.tracking.uri)
+    built = client.get_run(children["dpo"].data.tags["solar.source_run_id"])
+    assert len(client.get_run(children["dpo"].info.run_id).inputs.dataset_inputs) == len(built.inputs.dataset_inputs) > 0
     # The same model is not registered twice.
     assert len(MlflowClient(spec.tracking.uri).search_model_versions("name = 'tiny-dpo'")) == 1
 
