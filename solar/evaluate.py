@@ -101,6 +101,8 @@ def evaluate_h6(
     device: str = "cpu",
     seed: int = 1234,
     log_samples: bool = False,
+    dtype: str = "float32",
+    apply_chat_template: bool = False,
 ) -> dict[str, float]:
     """Score the HF model in model_dir on the H6 tasks (all six when tasks is None).
 
@@ -121,7 +123,7 @@ def evaluate_h6(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    lm = load_hflm(Path(model_dir), batch_size=batch_size, device=device)
+    lm = load_hflm(Path(model_dir), batch_size=batch_size, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="h6_tasks_") as work:
         render_task_configs(Path(work), Path(data_dir), settings, max_gen_toks)
         manager = TaskManager(include_path=work, include_defaults=False)
@@ -141,6 +143,7 @@ def evaluate_h6(
                 samples=samples or None,
                 bootstrap_iters=0,
                 log_samples=log_samples,
+                apply_chat_template=apply_chat_template,
                 random_seed=seed,
                 numpy_random_seed=seed,
                 torch_random_seed=seed,
@@ -161,7 +164,7 @@ def evaluate_h6(
     return scores
 
 
-def load_hflm(model_dir: Path, batch_size: int = 8, device: str = "cpu") -> Any:
+def load_hflm(model_dir: Path, batch_size: int = 8, device: str = "cpu", dtype: str = "float32") -> Any:
     """Load a local safetensors causal LM + tokenizer and wrap it in lm-eval's HFLM."""
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -169,7 +172,7 @@ def load_hflm(model_dir: Path, batch_size: int = 8, device: str = "cpu") -> Any:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, trust_remote_code=False, use_safetensors=True, dtype=torch.float32
+        model_dir, trust_remote_code=False, use_safetensors=True, dtype=getattr(torch, dtype)
     )
     model.to(device).eval()
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

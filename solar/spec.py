@@ -417,6 +417,8 @@ class EvalSpec(Strict):
     batch_size: PositiveInt = 8
     max_gen_toks: PositiveInt = 256
     seed: int = 1234
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template: bool = False  # render prompts with the model's chat template (harness --apply_chat_template)
     # A text dataset whose held-out split (see solar/perplexity.py) every model stage is
     # scored on: base, up-scaled and pretrained models side by side show the DUS story.
     perplexity_corpus: Name | None = None

@@ -127,6 +127,7 @@ def build_eval(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) 
     scores = evaluate_h6(
         inputs[0], embedded_path(p["data"].removeprefix("embedded:")), out, tasks=tasks,
         batch_size=p["batch_size"], max_gen_toks=p["max_gen_toks"], seed=p["seed"],
+        dtype=p["dtype"], apply_chat_template=p["chat_template"],
     )
     run.log_text(json.dumps(scores, indent=2), "scores.json")
     return scores

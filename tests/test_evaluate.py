@@ -347,3 +347,13 @@ def test_overrides_limit_and_determinism(run, model_dir: Path, data_dir: Path, t
     assert harness["n-samples"]["h6_winogrande"]["effective"] == 3
     with pytest.raises(ValueError):
         evaluate_h6(model_dir, data_dir, tmp_path, tasks={"boolq": TaskSettings()})
+
+
+def test_chat_template_and_dtype_reach_the_harness(tiny_base: Path, data_dir: Path, tmp_path: Path) -> None:
+    settings = {"arc": TaskSettings(num_fewshot=0, limit=2)}
+    plain = evaluate_h6(tiny_base, data_dir, tmp_path / "plain", tasks=settings, log_samples=True)
+    chat = evaluate_h6(tiny_base, data_dir, tmp_path / "chat", tasks=settings, log_samples=True,
+                       apply_chat_template=True, dtype="bfloat16")
+    assert 0 <= chat["arc"] <= 1 and 0 <= plain["arc"] <= 1
+    assert "### User:" in (tmp_path / "chat" / "samples_h6_arc.jsonl").read_text()
+    assert "### User:" not in (tmp_path / "plain" / "samples_h6_arc.jsonl").read_text()

@@ -131,3 +131,11 @@ def test_merge_candidates_are_validated():
     with pytest.raises(ValidationError, match=r"cannot override \['models'\]"):
         load_spec(preset="paper-ablation", overrides=[
             "merges.sft-v3+v4.candidates=[{models: [a, b]}, {weights: [1, 1]}]"])
+
+
+def test_eval_settings_enter_only_eval_fingerprints():
+    base = {s.name: s.fingerprint for s in plan(load_spec(preset="tiny"))}
+    for override in ("eval.dtype=bfloat16", "eval.chat_template=true", "eval.tasks.arc.shots=3"):
+        changed = {s.name for s in plan(load_spec(preset="tiny", overrides=[override]))
+                   if s.fingerprint != base[s.name]}
+        assert changed and all(name.startswith("eval-") for name in changed), override
