@@ -37,11 +37,11 @@ plan: setup
 	$(BIN)/solar plan --preset $(PRESET)
 
 test: setup
-	$(BIN)/ruff check solar tasks flows tests
+	$(BIN)/ruff check solar tasks flows tests deployments benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check solar tasks flows tests
+	$(BIN)/ruff check solar tasks flows tests deployments benchmarks
 
 clean:
 	rm -rf artifacts mlruns mlflow.db .pytest_cache

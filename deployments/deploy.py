@@ -34,6 +34,7 @@ def deploy(
         description=f"The SOLAR pipeline, preset {preset!r}, from {source}.",
         enforce_parameter_schema=True,
         print_next_steps=False,
+        ignore_warnings=True,  # the "use .serve for local development" hint
     )
     return str(deployment_id)
 

@@ -93,13 +93,10 @@ def run_command(spec: PipelineSpec) -> int:
     root = Path(spec.execution.artifacts_dir).resolve()
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
 
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    from flows.pipeline import pipeline
+    from flows.pipeline import with_parallelism
     from solar.report import print_table
 
-    flow = pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.execution.max_parallel))
-    rows = flow(spec=spec)
+    rows = with_parallelism(spec)(spec=spec)
     print_table(rows, f"{spec.name}: models x H6 (%){' -- estimate on doc subsets' if spec.eval and spec.eval.is_estimate else ''}")
     return 0
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from prefect import flow
 from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from solar.artifacts import StageResult
 from solar.plan import plan
@@ -16,7 +17,9 @@ from tasks.stages import STAGE_TASKS
 from tasks.tracking import start_tracking, summarize
 
 
-@flow(name="solar-pipeline", log_prints=False)
+# One stage at a time unless a caller sizes the pool from `execution.max_parallel`
+# (`with_parallelism`): on a CPU, concurrent training stages only contend for cores.
+@flow(name="solar-pipeline", log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def pipeline(spec: PipelineSpec) -> list[dict]:
     """Run every stage of `spec` in dependency order; independent branches may overlap
     (up to `execution.max_parallel`). Returns the models x H6 table."""
@@ -46,4 +49,10 @@ def pipeline_from_preset(
     overrides: list[str] | None = None,
 ) -> list[dict]:
     """Run a shipped preset, with `key.path=value` overrides (as `solar run --set`)."""
-    return pipeline(spec=load_spec(preset=preset, overrides=overrides or []))
+    spec = load_spec(preset=preset, overrides=overrides or [])
+    return with_parallelism(spec)(spec=spec)
+
+
+def with_parallelism(spec: PipelineSpec):
+    """The pipeline flow with a task pool of `execution.max_parallel` workers."""
+    return pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=spec.execution.max_parallel))

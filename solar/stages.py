@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,9 @@ def run_stage(
         run.work_dir, run.stage_name = work_dir(root, stage.fingerprint), stage.name
         if stage.kind in ("pretrain", "sft", "dpo"):
             run.log_data_inputs(data_inputs(stage, inputs))
+        start = time.perf_counter()
         metrics = BUILDERS[stage.kind](stage.params, input_dirs, tmp, run)
+        metrics["stage_seconds"] = time.perf_counter() - start  # the stage's own compute
         run.log(metrics)
         result = StageResult(
             stage.name, stage.kind, stage.fingerprint, str(out), metrics, run.run_id,

@@ -109,7 +109,22 @@ class StageRun:
                              schema=Schema([ColSpec("string", "rows")]))
             tags = [InputTag("mlflow.data.context", d.get("context", "train"))]
             entries.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))
-        client(self.ctx.uri).log_inputs(self.run_id, datasets=entries)
+        _log_inputs_retrying(client(self.ctx.uri), self.run_id, entries)
+
+
+def _log_inputs_retrying(c, run_id: str, entries: list, attempts: int = 3) -> None:
+    """MLflow creates a dataset on first use; two stages logging the same new dataset at
+    once race on that insert (a UNIQUE constraint error). The retry finds it created."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            c.log_inputs(run_id, datasets=entries)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @contextmanager

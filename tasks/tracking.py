@@ -27,8 +27,12 @@ from solar.tracking import (
 
 @task(name="start-tracking")
 def start_tracking(spec: PipelineSpec) -> TrackingContext:
-    url = flow_run.ui_url or ""
-    tags = {"solar.pipeline": spec.name, "prefect.flow_run_id": str(flow_run.id or "")}
+    # Link the run the user started (a deployment's run wraps this flow as a subflow).
+    this, root = str(flow_run.id or ""), str(flow_run.root_flow_run_id or flow_run.id or "")
+    url = (flow_run.ui_url or "").replace(this, root)
+    tags = {"solar.pipeline": spec.name, "prefect.flow_run_id": root}
+    if root != this:
+        tags["prefect.subflow_run_id"] = this
     if url:
         tags["prefect.flow_run_url"] = url
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
@@ -91,6 +95,6 @@ def register_final(
     }
     evaluated = results.get(f"eval-{name}")
     if evaluated:
-        tags.update({f"score.{k}": f"{v:.4f}" for k, v in evaluated.metrics.items()})
+        tags.update({f"score.{k}": f"{v:.4f}" for k, v in evaluated.metrics.items() if k != "stage_seconds"})
     model = spec.tracking.registered_name or f"{spec.name}-{name}"
     return register_model(tracking, run_ids[name], Path(final.path), model, tags)

@@ -3,7 +3,6 @@ by a worker, against a real local Prefect server (SQLite, 127.0.0.1, fresh PREFE
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -17,8 +16,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
 from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from solar.plan import plan
@@ -95,29 +95,30 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float =
     pytest.fail(f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def load_deploy():
-    spec = importlib.util.spec_from_file_location("solar_deploy", REPO / "deployments" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.deploy
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Server, process pool, worker and the `tiny` deployment; all torn down after the module."""
     tmp = tmp_path_factory.mktemp("deployment")
     work = tmp / "work"
     work.mkdir()
-    url = f"http://127.0.0.1:{free_port()}/api"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    mlflow_uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    overrides = [f"execution.artifacts_dir={tmp / 'artifacts'}", f"tracking.uri={mlflow_uri}"]
+    # The flow run's cwd is the deployment's source (the repo), and MLflow puts a new
+    # experiment's artifacts under ./mlruns of the cwd: create it here with its own location.
+    spec = load_spec(preset="tiny", overrides=overrides)
+    MlflowClient(mlflow_uri).create_experiment(spec.tracking.experiment or spec.name,
+                                               artifact_location=(tmp / "mlruns").as_uri())
     env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": url,
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+           "PREFECT_WORKER_QUERY_SECONDS": "2", "MLFLOW_TRACKING_URI": mlflow_uri,
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results")}
     env.pop("PREFECT_PROFILE", None)
     procs: list[subprocess.Popen] = []
     try:
         server_log = tmp / "server.log"
         server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                        "--port", url.split(":")[-1].split("/")[0]], env, work, server_log)
+                        "--port", str(port)], env, work, server_log)
         procs.append(server)
         wait_healthy(url, server, server_log)
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"],
@@ -125,19 +126,22 @@ def stack(tmp_path_factory):
         worker_log = tmp / "worker.log"
         procs.append(start([str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
                            env, work, worker_log))
+        deployed = subprocess.run(  # the script as users run it, from another directory
+            [sys.executable, str(REPO / "deployments" / "deploy.py"), "--pool", POOL, "--name", "tiny",
+             "--preset", "tiny"], env=env, cwd=work, check=True, capture_output=True, text=True, timeout=120)
+        deployment_id = deployed.stdout.split()[-1]
         with temporary_settings({PREFECT_API_URL: url}):
-            deployment_id = load_deploy()(work_pool=POOL, source=REPO, name="tiny", preset="tiny")
-            yield {"tmp": tmp, "deployment_id": deployment_id, "worker_log": worker_log,
-                   "overrides": [f"execution.artifacts_dir={tmp / 'artifacts'}",
-                                 f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}"]}
+            yield {"tmp": tmp, "deployment_id": deployment_id, "worker_log": worker_log, "overrides": overrides}
     finally:
         for proc in reversed(procs):
             stop(proc)
 
 
-def flow_runs_of(deployment_id: str):
+def flow_runs(parent=None):
+    """Every flow run on the server, or the subflow runs of `parent`."""
+    flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])) if parent else None
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        return client.read_flow_runs(flow_run_filter=flt)
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +157,38 @@ def test_deployment_runs_the_tiny_preset_on_a_worker(stack, tiny_run):
     assert str(tiny_run.deployment_id) == stack["deployment_id"]
     assert tiny_run.parameters["preset"] == "tiny"  # the deployment's default
     assert tiny_run.state.name == "Completed"
+    # `pipeline_from_preset` calls the `pipeline` flow, a subflow run of the deployment's run.
+    subflows = flow_runs(parent=tiny_run.id)
+    with get_client(sync_client=True) as prefect:
+        assert {(prefect.read_flow(r.flow_id).name, r.state.name) for r in subflows} <= {("solar-pipeline", "Completed")}
+    tree = [tiny_run.id, *(r.id for r in subflows)]
+    # Stages ran one at a time, as the preset's `execution.max_parallel: 1` asks.
+    with get_client(sync_client=True) as prefect:
+        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=tree)))
+    spans = sorted((t.start_time, t.end_time) for t in tasks if ":" in t.name)
+    assert len(spans) == len(plan(load_spec(preset="tiny", overrides=stack["overrides"])))
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
     spec = load_spec(preset="tiny", overrides=stack["overrides"])
     client = MlflowClient(spec.tracking.uri)
     exp = client.get_experiment_by_name(spec.name)
-    (parent,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{tiny_run.id}'")
+    # The MLflow parent run is tagged with a flow run of this deployment run's tree (today the
+    # `solar-pipeline` subflow, whose own parent is the deployment's run), and links to it.
+    parents = [r for i in tree for r in client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{i}'")]
+    assert len(parents) == 1, (tree, parents)
+    (parent,) = parents
     assert parent.info.status == "FINISHED"
-    assert str(tiny_run.id) in parent.data.tags.get("prefect.flow_run_url", str(tiny_run.id))
+    assert parent.data.tags["prefect.flow_run_id"] in parent.data.tags.get("prefect.flow_run_url", "")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {c.info.run_name for c in children} == {s.name for s in plan(spec)}
     assert all(c.info.status == "FINISHED" for c in children)
-    assert (stack["tmp"] / "artifacts").is_dir()  # artifacts land where the run was told
+    # Stage artifacts and MLflow artifacts land where the run was told, not in the repo.
+    assert (stack["tmp"] / "artifacts").is_dir()
+    assert parent.info.artifact_uri.startswith((stack["tmp"] / "mlruns").as_uri())
 
 
 def test_a_bad_preset_is_rejected_before_any_run_starts(stack, tiny_run):
-    before = {r.id for r in flow_runs_of(stack["deployment_id"])}
-    with pytest.raises(Exception, match="(?i)validation|parameters|422|409"):
+    before = {r.id for r in flow_runs()}
+    with pytest.raises(PrefectHTTPStatusError, match="Validation failed for field 'preset'") as rejected:
         run_deployment("solar-preset/tiny", parameters={"preset": "nope"}, timeout=0)
-    assert {r.id for r in flow_runs_of(stack["deployment_id"])} == before
+    assert rejected.value.response.status_code == 409
+    assert {r.id for r in flow_runs()} == before
