@@ -27,15 +27,6 @@ from solar.spec import load_spec
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POOL = "solar-test-cpu"
-OFFLINE = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
 
 
 def free_port() -> int:
@@ -110,7 +101,8 @@ def stack(tmp_path_factory):
     spec = load_spec(preset="tiny", overrides=overrides)
     MlflowClient(mlflow_uri).create_experiment(spec.tracking.experiment or spec.name,
                                                artifact_location=(tmp / "mlruns").as_uri())
-    env = {**os.environ, **OFFLINE, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": url,
+    # The offline settings are in os.environ already (tests/conftest.py).
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": url,
            "PREFECT_WORKER_QUERY_SECONDS": "2", "MLFLOW_TRACKING_URI": mlflow_uri,
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results")}
     env.pop("PREFECT_PROFILE", None)

@@ -67,17 +67,18 @@ def test_upscale_config_slices_per_layer_lists():
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory, tiny_corpus):
+def four_layer_base(tmp_path_factory, tiny_corpus):
+    """Four layers, so that m=1 and [[0,3],[1,4]] are proper up-scalings."""
     base = tmp_path_factory.mktemp("base")
     build_tiny(TinyModel(hidden_size=32, intermediate_size=64, num_layers=4, num_heads=2,
                          num_kv_heads=1, vocab_size=300), tiny_corpus, base)
     return base
 
 
-def test_upscale_copies_layers_bit_for_bit(tmp_path, tiny_base):
-    metrics = upscale(tiny_base, tmp_path, m=1)
+def test_upscale_copies_layers_bit_for_bit(tmp_path, four_layer_base):
+    metrics = upscale(four_layer_base, tmp_path, m=1)
     assert metrics["layers"] == 6
-    src, dst = load_file(tiny_base / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    src, dst = load_file(four_layer_base / "model.safetensors"), load_file(tmp_path / "model.safetensors")
     assert_layers_copied(src, dst, layer_map(4, 1))
     assert json.loads((tmp_path / "config.json").read_text())["num_hidden_layers"] == 6
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
@@ -88,9 +89,9 @@ def test_upscale_copies_layers_bit_for_bit(tmp_path, tiny_base):
     assert (a.file, a.start) != (b.file, b.start)
 
 
-def test_upscale_ranges_sharded_in_and_out(tmp_path, tiny_base):
+def test_upscale_ranges_sharded_in_and_out(tmp_path, four_layer_base):
     # Re-save the base as several shards with an index, as hub models come.
-    src = load_file(tiny_base / "model.safetensors")
+    src = load_file(four_layer_base / "model.safetensors")
     sharded = tmp_path / "sharded"
     sharded.mkdir()
     names = sorted(src)
@@ -101,7 +102,7 @@ def test_upscale_ranges_sharded_in_and_out(tmp_path, tiny_base):
         save_file({k: src[k] for k in part}, sharded / fname, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, fname))
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    (sharded / "config.json").write_text((tiny_base / "config.json").read_text())
+    (sharded / "config.json").write_text((four_layer_base / "config.json").read_text())
 
     out = tmp_path / "out"
     out.mkdir()
