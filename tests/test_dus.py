@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 import solar.dus
 import solar.tensorio
-from solar.dus import layer_map, ranges_map, upscale, upscale_config
+from solar.dus import layer_map, layer_prefix, layer_section, ranges_map, upscale, upscale_config
 from solar.model import build_tiny
 from solar.spec import TinyModel
 from solar.tensorio import model_tensors, read_rows
@@ -17,16 +17,16 @@ def load_all(model_dir):
     return {name: read_rows(info, 0, info.rows) for name, info in model_tensors(model_dir).items()}
 
 
-def assert_layers_copied(src, dst, mapping):
+def assert_layers_copied(src, dst, mapping, prefix="model.layers."):
     for new, old in enumerate(mapping):
-        keys = [k for k in src if k.startswith(f"model.layers.{old}.")]
+        keys = [k for k in src if k.startswith(f"{prefix}{old}.")]
         assert keys
         for key in keys:
-            new_key = key.replace(f"model.layers.{old}.", f"model.layers.{new}.", 1)
+            new_key = key.replace(f"{prefix}{old}.", f"{prefix}{new}.", 1)
             assert torch.equal(dst[new_key], src[key]), new_key
-    for key in [k for k in src if not k.startswith("model.layers.")]:  # embeddings, norm, head
+    for key in [k for k in src if not k.startswith(prefix)]:  # embeddings, norm, head, vision tower
         assert torch.equal(dst[key], src[key]), key
-    per_layer = sum(k.startswith("model.layers.0.") for k in src)
+    per_layer = sum(k.startswith(f"{prefix}0.") for k in src)
     assert len(dst) == len(src) + (len(mapping) - max(mapping) - 1) * per_layer
 
 
@@ -83,6 +83,9 @@ def test_upscale_copies_layers_bit_for_bit(tmp_path, four_layer_base):
     assert json.loads((tmp_path / "config.json").read_text())["num_hidden_layers"] == 6
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (tmp_path / name).is_file(), name
+    from solar.model import TOKENIZER_FILES  # every file the project's models carry is carried
+
+    assert set(TOKENIZER_FILES) <= set(solar.tensorio.CARRIED_FILES)
     # Duplicated layers are independent copies: separate byte ranges of the output.
     infos = model_tensors(tmp_path)
     a, b = infos["model.layers.1.mlp.up_proj.weight"], infos["model.layers.3.mlp.up_proj.weight"]
@@ -149,7 +152,7 @@ def no_tensor_reads(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a tensor was read")
 
-    for target, name in ((solar.tensorio, "read_rows"), (solar.tensorio, "copy_bytes"),
+    for target, name in ((solar.tensorio, "read_rows"), (solar.tensorio, "map_rows"), (solar.tensorio, "copy_bytes"),
                          (solar.tensorio, "write_model"), (solar.dus, "write_model")):
         monkeypatch.setattr(target, name, boom)
     import safetensors
@@ -171,12 +174,16 @@ def _fake_model(path, names, config):
          {"m": 1}, "m=1: need 0 <= m < n/2"),
         (["model.layers.0.w", "model.layers.1.w"], {"model_type": "llama", "num_hidden_layers": 2},
          {"ranges": [[0, 2], [1, 3]]}, r"ranges\[1\]: \[1, 3\]"),
-        (["transformer.h.0.w", "transformer.h.1.w"], {"model_type": "gpt2", "n_layer": 2},
-         {"m": 0}, "model_type='gpt2' has no integer num_hidden_layers"),
-        (["transformer.h.0.w", "transformer.h.1.w"], {"model_type": "odd", "num_hidden_layers": 2},
-         {"m": 0}, "no model.layers.N. tensors"),
+        (["encoder.block.0.w", "decoder.block.0.w"],
+         {"model_type": "t5", "num_layers": 1, "is_encoder_decoder": True}, {"m": 0}, "is an encoder-decoder"),
+        (["rnn.0.w", "rnn.1.w"], {"model_type": "odd", "depth": 2}, {"m": 0},
+         "model_type='odd' has no integer layer count"),
+        (["rnn.0.w", "rnn.1.w"], {"model_type": "odd", "num_hidden_layers": 2}, {"m": 0},
+         "no stack has layers 0..n-1: no <prefix>.layers.N."),
         (["model.layers.0.w", "model.layers.2.w"], {"model_type": "llama", "num_hidden_layers": 2},
-         {"m": 0}, "weights have layers 0..2"),
+         {"m": 0}, r"model.layers.N \(0..2, 2 layers\)"),
+        (["a.layers.0.w", "a.layers.1.w", "b.layers.0.w", "b.layers.1.w"],
+         {"model_type": "odd", "num_hidden_layers": 2}, {"m": 0}, "several stacks fit"),
     ],
 )
 def test_upscale_errors_before_reading_a_tensor(tmp_path, no_tensor_reads, names, config, kwargs, match):
@@ -186,3 +193,75 @@ def test_upscale_errors_before_reading_a_tensor(tmp_path, no_tensor_reads, names
     with pytest.raises(ValueError, match=match):
         upscale(base, out, **kwargs)
     assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize(
+    "prefix,extra",
+    [
+        ("model.layers", []),  # Llama, Mistral, Qwen2, Gemma
+        ("transformer.h", ["transformer.wte.weight"]),  # GPT-2, Falcon, Bloom
+        ("h", ["wte.weight"]),  # GPT-2 as published (no transformer. prefix)
+        ("gpt_neox.layers", []),  # Pythia
+        ("model.decoder.layers", []),  # OPT
+        ("transformer.blocks", []),  # MPT
+        # Multimodal: the vision tower has as many layers and is not the decoder.
+        ("model.language_model.layers", [f"model.vision_tower.encoder.layers.{i}.w" for i in range(3)]),
+        ("language_model.model.layers", [f"vision_tower.encoder.layers.{i}.w" for i in range(3)]),
+    ],
+)
+def test_layer_prefix_of_common_families(prefix, extra):
+    names = [f"{prefix}.{i}.{part}" for i in range(3) for part in ("mlp.w", "attn.h.0.w")] + extra
+    assert layer_prefix(names, 3) == prefix
+    with pytest.raises(ValueError, match="no stack has layers 0..n-1"):
+        layer_prefix(names, 4)
+
+
+def test_upscale_config_finds_the_layer_count():
+    gpt2 = {"model_type": "gpt2", "n_layer": 4, "n_embd": 8}
+    assert layer_section(gpt2) == (None, "n_layer") and upscale_config(gpt2, 1)["n_layer"] == 6
+    nested = {"model_type": "gemma3", "text_config": {"num_hidden_layers": 4, "layer_types": list("abcd")},
+              "vision_config": {"num_hidden_layers": 4}}
+    out = upscale_config(nested, 1)
+    assert out["text_config"]["num_hidden_layers"] == 6
+    assert out["text_config"]["layer_types"] == list("abcbcd")
+    assert out["vision_config"] == {"num_hidden_layers": 4} and "num_hidden_layers" not in out
+
+
+def test_upscale_a_gpt2_model_loads_and_runs(tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base, out = tmp_path / "gpt2", tmp_path / "dus"
+    out.mkdir()
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=4, n_head=2, vocab_size=128, n_positions=64)).save_pretrained(base)
+    upscale(base, out, m=1, shard_bytes=60_000)
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 6
+    assert_layers_copied(load_all(base), load_all(out), layer_map(4, 1), prefix="transformer.h.")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(model.transformer.h) == 6
+    assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 128)
+
+
+def test_upscale_a_multimodal_gemma3_upscales_its_text_model(tmp_path):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, vocab_size=300, sliding_window=8)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
+                  image_size=28, patch_size=14)  # as many layers as the text model: not up-scaled
+    torch.manual_seed(0)
+    base, out = tmp_path / "gemma3", tmp_path / "dus"
+    out.mkdir()
+    Gemma3ForConditionalGeneration(Gemma3Config(text_config=text, vision_config=vision,
+                                                mm_tokens_per_image=4)).save_pretrained(base)
+    src = load_all(base)
+    prefix = layer_prefix(src, 4) + "."
+    assert "language_model" in prefix and any(k.startswith("vision_tower.encoder.layers.3.") for k in src)
+
+    upscale(base, out, ranges=[[0, 3], [1, 4]])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["text_config"]["num_hidden_layers"] == 6 and cfg["vision_config"]["num_hidden_layers"] == 4
+    assert_layers_copied(src, load_all(out), ranges_map(4, [[0, 3], [1, 4]]), prefix=prefix)
+    model = Gemma3ForConditionalGeneration.from_pretrained(out)
+    assert len(model.model.language_model.layers) == 6 and len(model.model.vision_tower.encoder.layers) == 4
+    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 300)

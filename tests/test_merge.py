@@ -124,6 +124,92 @@ def test_merge_models_linear_exact(tmp_path):
         assert torch.equal(merged[k], expected), k
 
 
+def test_linear_merge_bf16_is_the_fp32_weighted_average_bit_for_bit(tmp_path, monkeypatch):
+    # Chunks of 100 elements (split mid-tensor), staging buffers of two blocks (tensors
+    # straddle them) and several shards: every output entry is the float32 weighted average
+    # rounded once to bf16, as separate float32 ops (weights that are not powers of two).
+    monkeypatch.setattr(solar.merge, "LINEAR_CHUNK", 100)
+    monkeypatch.setattr(solar.tensorio, "STAGING_BYTES", 8192)
+    torch.manual_seed(1)
+    shapes = {"w": (300, 7), "emb": (1001, 3), "b": (5,), "scalar": ()}
+    ins = []
+    for i in range(2):
+        tensors = {k: torch.randn(sh).bfloat16() for k, sh in shapes.items()}
+        tensors["ids"] = torch.arange(3, dtype=torch.int64) + i  # not floating: the first model's
+        tensors["flags"] = torch.tensor([1, 0, i], dtype=torch.int8)  # 3 bytes: what follows is at odd offsets
+        ins.append(tensors)
+        _write_model(tmp_path / f"m{i}", tensors)
+    out = _out(tmp_path)
+    merge_models([tmp_path / "m0", tmp_path / "m1"], out, "linear", [3.0, 7.0], shard_bytes=4000)
+    assert len(list(out.glob("model-*.safetensors"))) > 1
+    merged = _load(out)
+    assert torch.equal(merged["ids"], ins[0]["ids"]) and torch.equal(merged["flags"], ins[0]["flags"])
+    for k in shapes:
+        a, b = ins[0][k], ins[1][k]
+        expected = (0.3 * a.float() + 0.7 * b.float()).to(torch.bfloat16)
+        assert merged[k].dtype == torch.bfloat16 and torch.equal(merged[k], expected), k
+    # ... and what safetensors itself reads from the shards is the same.
+    from safetensors import safe_open
+
+    for shard in out.glob("model-*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            assert all(torch.equal(f.get_tensor(k), merged[k]) for k in f.keys())
+
+
+def test_direct_write_is_the_buffered_write_byte_for_byte(tmp_path, monkeypatch):
+    # O_DIRECT staging (block-padded, then truncated) writes the very bytes of the
+    # buffered writer, for tensors of odd sizes across buffer and shard boundaries;
+    # map_rows and read_rows read the same rows.
+    monkeypatch.setattr(solar.tensorio, "STAGING_BYTES", 4096)
+    torch.manual_seed(2)
+    tensors = {"a": torch.randn(777, 3), "b": torch.randint(0, 9, (4099,), dtype=torch.int8),
+               "c": torch.randn(5).bfloat16(), "d": torch.tensor(1.5)}
+    src = _write_model(tmp_path / "src", tensors)
+    infos = model_tensors(src)
+    outs = [solar.tensorio.OutTensor(k, i.dtype, i.shape) for k, i in infos.items()]
+    for name, direct, how in [("buffered", False, "copy"), ("direct", True, "copy"), ("direct_t", True, "write")]:
+        d = _out(tmp_path, name)
+
+        def fill(t, f, how=how):
+            return f.copy(infos[t.name]) if how == "copy" else f.write_tensor(read_rows(infos[t.name], 0, infos[t.name].rows))
+        solar.tensorio.write_model(d, outs, fill, 10_000, direct=direct)
+    files = sorted(p.name for p in (tmp_path / "buffered").iterdir())
+    assert len(files) > 2
+    for name in ("direct", "direct_t"):
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == files
+        for fname in files:
+            assert (tmp_path / name / fname).read_bytes() == (tmp_path / "buffered" / fname).read_bytes(), fname
+    for info in infos.values():
+        for r0, r1 in [(0, info.rows), (1, min(3, info.rows)), (info.rows - 1, info.rows)]:
+            assert torch.equal(solar.tensorio.map_rows(info, r0, r1), read_rows(info, r0, r1)), info.name
+
+
+def test_direct_write_falls_back_when_the_filesystem_refuses_o_direct_writes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import os
+
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+    except OSError:
+        pytest.skip("this filesystem has no O_DIRECT: the fallback at open is the one taken")
+    refused = []
+
+    def pwrite(fd, data, offset, real=os.pwrite):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    a, b = _random_models(tmp_path, 2, dtype=torch.bfloat16)
+    monkeypatch.setattr(solar.tensorio.os, "pwrite", pwrite)
+    out = _out(tmp_path)
+    merge_models([a, b], out, "linear", [1.0, 1.0])
+    ins = [load_file(d / "model.safetensors") for d in (a, b)]
+    merged = load_file(out / "model.safetensors")
+    assert refused and all(torch.equal(merged[k], linear([ins[0][k], ins[1][k]], [1, 1]).bfloat16()) for k in merged)
+
+
 def test_merge_models_chunked_equals_whole(tmp_path, monkeypatch):
     # Tensors split into row chunks (of 24 elements) merge exactly as whole tensors do.
     base, a, b = _random_models(tmp_path, 3)
@@ -174,8 +260,8 @@ def no_tensor_reads(monkeypatch):
         raise AssertionError("a tensor was read")
 
     for target in (solar.merge, solar.tensorio):
-        monkeypatch.setattr(target, "read_rows", boom)
-        monkeypatch.setattr(target, "write_model", boom)
+        for name in ("read_rows", "map_rows", "write_model"):
+            monkeypatch.setattr(target, name, boom)
     import safetensors
 
     monkeypatch.setattr(safetensors, "safe_open", boom)
@@ -199,9 +285,9 @@ def test_merge_models_refuses_other_names_config_or_tokenizer(tmp_path, no_tenso
         merge_models([a, b], out)
     with pytest.raises(ValueError, match="num_hidden_layers=2"):
         merge_models([a, c], out)
-    with pytest.raises(ValueError, match="tokenizer.json differs"):
+    with pytest.raises(ValueError, match="in its vocabulary"):
         merge_models([a, d], out)
-    with pytest.raises(ValueError, match="tokenizer.json differs"):  # the base is checked too
+    with pytest.raises(ValueError, match="in its vocabulary"):  # the base is checked too
         merge_models([a, a], out, "task_arithmetic", base=d)
     with pytest.raises(ValueError, match="needs base"):
         merge_models([a, a], out, "ties", density=0.5)
@@ -209,6 +295,12 @@ def test_merge_models_refuses_other_names_config_or_tokenizer(tmp_path, no_tenso
         merge_models([a, a, a], out, "slerp", t=0.5)
     with pytest.raises(ValueError, match="unknown method 'mean'"):
         merge_models([a, a], out, "mean")
+    for m, layers in ((a, 3), (c, 4)):  # a multimodal model's text section is compared too
+        cfg = json.loads((m / "config.json").read_text())
+        (m / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": None,
+                                                   "text_config": {"num_hidden_layers": layers}}))
+    with pytest.raises(ValueError, match="has text_config.num_hidden_layers=4, .* has 3"):
+        merge_models([a, c], out)
 
 
 def test_merge_models_tokenizer_policy_first(tmp_path):
@@ -219,6 +311,46 @@ def test_merge_models_tokenizer_policy_first(tmp_path):
     merge_models([a, d], out, tokenizer_policy="first")
     assert json.loads((out / "tokenizer.json").read_text()) == TOKENIZER
     assert torch.equal(load_file(out / "model.safetensors")["w"], torch.full((2,), 0.5))
+
+
+def test_tokenizer_policies(tmp_path, no_tensor_reads):
+    a = _write_model(tmp_path / "a", {"w": torch.ones(2)})
+    # One more (added) token: `first` refuses, as embedding rows would mean different tokens.
+    bigger = {**TOKENIZER, "added_tokens": [{"id": 2, "content": "<s>", "special": True}]}
+    big = _write_model(tmp_path / "big", {"w": torch.ones(2)}, tokenizer=bigger)
+    out = _out(tmp_path)
+    with pytest.raises(ValueError, match=r"big/tokenizer.json has 3 tokens, .*a/tokenizer.json 2"):
+        merge_models([a, big], out, tokenizer_policy="first")
+    with pytest.raises(ValueError, match="in its added tokens"):
+        merge_models([a, big], out)
+    # Same vocabulary, other special tokens or chat template: `strict` refuses, naming the part.
+    config = {"eos_token": {"content": "b", "special": True}, "chat_template": "{{ x }}"}
+    for name, cfg, files, part in [
+        ("eos", {**config, "eos_token": "a"}, {}, "special tokens"),
+        ("tmpl", {**config, "chat_template": "{{ y }}"}, {}, "chat template"),
+        ("jinja", config, {"chat_template.jinja": "{{ z }}"}, "chat template"),
+    ]:
+        m = _write_model(tmp_path / name, {"w": torch.ones(2)})
+        (m / "tokenizer_config.json").write_text(json.dumps(cfg))
+        for fname, text in files.items():
+            (m / fname).write_text(text)
+        (a / "tokenizer_config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"in its {part}"):
+            merge_models([a, m], out)
+    # A base (task arithmetic, ties, dare) may lack the chat template, not the special tokens.
+    plain = _write_model(tmp_path / "plain", {"w": torch.ones(2)})
+    (plain / "tokenizer_config.json").write_text(json.dumps({"eos_token": "b"}))
+    solar.merge.check_tokenizers([a, a], "strict", base=plain)
+    with pytest.raises(ValueError, match="plain differs .* in its chat template"):
+        solar.merge.check_tokenizers([a, plain], "strict")
+    with pytest.raises(ValueError, match="eos differs .* in its special tokens"):
+        solar.merge.check_tokenizers([a, a], "strict", base=tmp_path / "eos")
+    # The same settings spelt differently (a string, not an AddedToken dict) are the same.
+    same = _write_model(tmp_path / "same", {"w": torch.ones(2)})
+    (same / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "b"}))
+    solar.merge.check_tokenizers([a, same], "strict")
+    with pytest.raises(ValueError, match="unknown tokenizer_policy 'require_same'"):
+        solar.merge.check_tokenizers([a, same], "require_same")
 
 
 def test_merge_models_refuses_nan(tmp_path):
