@@ -129,12 +129,20 @@ def plan(spec: PipelineSpec) -> list[Stage]:
 
 def eval_params(spec: PipelineSpec) -> dict[str, Any]:
     """What an H6 score depends on besides the model: tasks, shots, limits, batch size,
-    generation length, seed, the harness version and the eval data."""
+    generation length, seed, the harness version and the eval data; in hub mode also the
+    registered tasks' versions and the digest of any local dataset overrides."""
     ev = spec.eval
     p = ev.model_dump(mode="json", exclude={"models", "perplexity_corpus"})
     p["harness"] = _harness_version()
     if ev.data.startswith("embedded:"):
         p["data_digest"] = _embedded_dir_digest(ev.data.removeprefix("embedded:"))
+    if ev.data == "hub":
+        from solar.evaluate import registered_task_versions
+
+        p["registered_tasks"] = registered_task_versions()
+        root = resolve_local_source(ev.dataset_overrides) if ev.dataset_overrides else None
+        if root is not None and root.is_dir():
+            p["data_digest"] = _dir_digest(str(root.resolve()))
     return p
 
 
@@ -254,7 +262,7 @@ def _harness_version() -> str:
 def model_shapes(spec: PipelineSpec, stages: list[Stage]) -> dict[str, tuple[int, int] | None]:
     """(layers, parameters) of every model stage from configs alone, on the meta device.
     None where the base's architecture is not known offline (a hub id without `config`)."""
-    from solar.dus import upscale_config
+    from solar.dus import layer_count, upscale_config
     from solar.model import config_from_dict, count_parameters, tiny_config
     from solar.spec import resolve_config_path
 
@@ -279,7 +287,7 @@ def model_shapes(spec: PipelineSpec, stages: list[Stage]) -> dict[str, tuple[int
         if cfg is None:
             shapes[s.name] = None
         elif s.kind in ("base", "upscale"):
-            shapes[s.name] = (int(cfg["num_hidden_layers"]), count_parameters(config_from_dict(cfg)))
+            shapes[s.name] = (int(layer_count(cfg)), count_parameters(config_from_dict(cfg)))
         else:
             shapes[s.name] = shapes[s.inputs[0]]
     return shapes
