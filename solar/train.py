@@ -110,9 +110,65 @@ def peft_config(cfg: TrainSpec):
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
 
 
-def _finish(trainer, tokenizer, out_dir: Path) -> dict[str, float]:
-    """Save final weights (safetensors; LoRA adapters merged in) and tokenizer."""
-    if hasattr(trainer.model, "merge_and_unload"):  # a peft model
+def check_quantize(cfg: TrainSpec) -> None:
+    """`lora.quantize` needs a CUDA GPU and bitsandbytes: say so when the stage starts."""
+    if cfg.lora is None or cfg.lora.quantize is None:
+        return
+    import importlib.util
+
+    if resolve_device(cfg.device) != "cuda" or not torch.cuda.is_available():
+        raise ValueError(f"train.lora.quantize: {cfg.lora.quantize} loading (QLoRA, bitsandbytes) needs a "
+                         "CUDA GPU; this machine has none (drop lora.quantize to train plain LoRA)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"train.lora.quantize: {cfg.lora.quantize} needs the bitsandbytes package "
+                         "(pip install bitsandbytes; the GPU image has it)")
+
+
+def quantization_config(cfg: TrainSpec):
+    """transformers' BitsAndBytesConfig for `lora.quantize`, or None. 4bit is QLoRA's recipe:
+    NF4 weights, double quantisation of the scales, bf16 compute."""
+    if cfg.lora is None or cfg.lora.quantize is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.lora.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _load_trainable(model_dir: Path, cfg: TrainSpec):
+    """The model to train: as stored, or quantized and prepared for k-bit training (QLoRA),
+    one copy per rank on that rank's GPU."""
+    bnb = quantization_config(cfg)
+    if bnb is None:
+        return load_model(model_dir)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map={"": rank}, use_safetensors=True)
+    checkpointing = cfg.activation_checkpointing is not False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+
+
+def _finish(trainer, tokenizer, out_dir: Path, base_dir: Path | None = None) -> dict[str, float]:
+    """Save final weights (safetensors; LoRA adapters merged in) and tokenizer. Adapters
+    trained on a quantized base are merged into the base reloaded in bf16 (`base_dir`), so
+    the saved model is an ordinary one, not a bitsandbytes checkpoint."""
+    quantized = getattr(trainer.model, "is_loaded_in_4bit", False) or getattr(trainer.model, "is_loaded_in_8bit", False)
+    if quantized and base_dir is not None:
+        if trainer.is_world_process_zero():
+            import tempfile
+
+            from peft import PeftModel
+
+            with tempfile.TemporaryDirectory(prefix="solar-adapter-") as adapter:
+                trainer.model.save_pretrained(adapter)
+                base = load_model(base_dir, dtype=torch.bfloat16)
+                PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(out_dir)
+    elif hasattr(trainer.model, "merge_and_unload"):  # a peft model
         if trainer.is_world_process_zero():
             trainer.model.merge_and_unload().save_pretrained(out_dir)
     else:
@@ -134,7 +190,8 @@ def pretrain(
 ) -> dict[str, float]:
     """Continued pretraining: causal LM on the corpus, packed so that no token is dropped.
     Held-out loss is measured before and after, to show the up-scaled model recovering."""
-    if cfg.processes > 1:
+    check_quantize(cfg)  # before any data is read
+    if cfg.processes > 1 or cfg.launcher == "accelerate":
         return _distributed("pretrain", cfg, log, model_dir=model_dir, corpus_dir=corpus_dir,
                             out_dir=out_dir, checkpoints=checkpoints)
     from datasets import Dataset
@@ -147,7 +204,7 @@ def pretrain(
     args = SFTConfig(**trl_args(cfg, out_dir, checkpoints, packing=True, packing_strategy="wrapped",
                                 dataset_text_field="text", eval_strategy="no"))
     trainer = SFTTrainer(
-        model=load_model(model_dir), args=args, train_dataset=train, eval_dataset=heldout,
+        model=_load_trainable(model_dir, cfg), args=args, train_dataset=train, eval_dataset=heldout,
         processing_class=tokenizer, callbacks=[LogMetrics(log)], peft_config=peft_config(cfg),
     )
     before = trainer.evaluate()["eval_loss"]
@@ -155,7 +212,7 @@ def pretrain(
     resumed = _train(trainer, checkpoints)
     after = trainer.evaluate()["eval_loss"]
     log({"heldout_loss": after}, trainer.state.global_step)
-    metrics = {**_finish(trainer, tokenizer, out_dir), **resumed}
+    metrics = {**_finish(trainer, tokenizer, out_dir, model_dir), **resumed}
     return {**metrics, "heldout_loss_before": float(before), "heldout_loss": float(after)}
 
 
@@ -164,7 +221,8 @@ def sft(
     checkpoints: Path | None = None,
 ) -> dict[str, float]:
     """Supervised fine-tuning on a mixture of prompt/completion chats; loss on the answer only."""
-    if cfg.processes > 1:
+    check_quantize(cfg)  # before any data is read
+    if cfg.processes > 1 or cfg.launcher == "accelerate":
         return _distributed("sft", cfg, log, model_dir=model_dir, data_dirs=data_dirs, out_dir=out_dir,
                             template=template, checkpoints=checkpoints)
     from datasets import Dataset
@@ -175,11 +233,11 @@ def sft(
     tokenizer.chat_template = chat_template(template)
     args = SFTConfig(**trl_args(cfg, out_dir, checkpoints, completion_only_loss=True))
     trainer = SFTTrainer(
-        model=load_model(model_dir), args=args, train_dataset=Dataset.from_list(rows),
+        model=_load_trainable(model_dir, cfg), args=args, train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer, callbacks=[LogMetrics(log)], peft_config=peft_config(cfg),
     )
     resumed = _train(trainer, checkpoints)
-    return {**_finish(trainer, tokenizer, out_dir), **resumed, "rows": float(len(rows))}
+    return {**_finish(trainer, tokenizer, out_dir, model_dir), **resumed, "rows": float(len(rows))}
 
 
 def ref_logps_key(model_dir: Path, data_dirs: list[Path], template: str, cfg: TrainSpec) -> str:
@@ -201,7 +259,8 @@ def dpo(
 ) -> dict[str, float]:
     """DPO against the base model as reference. Its log-probs are computed once, up front,
     and kept in `ref_cache` so variants with the same reference and data reuse them."""
-    if cfg.processes > 1:
+    check_quantize(cfg)  # before any data is read
+    if cfg.processes > 1 or cfg.launcher == "accelerate":
         return _distributed("dpo", cfg, log, model_dir=model_dir, data_dirs=data_dirs, out_dir=out_dir,
                             beta=beta, loss_type=loss_type, template=template,
                             checkpoints=checkpoints, ref_cache=ref_cache)
@@ -215,12 +274,12 @@ def dpo(
                                 precompute_ref_log_probs=True))
     cache_file = ref_cache / f"{ref_logps_key(model_dir, data_dirs, template, cfg)}.safetensors" if ref_cache else None
     trainer = _cached_ref_trainer()(
-        model=load_model(model_dir), ref_model=None, args=args,
+        model=_load_trainable(model_dir, cfg), ref_model=None, args=args,
         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         callbacks=[LogMetrics(log)], ref_cache_file=cache_file, peft_config=peft_config(cfg),
     )
     resumed = _train(trainer, checkpoints)
-    metrics = {**_finish(trainer, tokenizer, out_dir), **resumed,
+    metrics = {**_finish(trainer, tokenizer, out_dir, model_dir), **resumed,
                "ref_logps_reused": float(trainer.ref_logps_reused)}
     last = next((h for h in reversed(trainer.state.log_history) if "rewards/accuracies" in h), {})
     for key in ("rewards/accuracies", "rewards/margins"):
