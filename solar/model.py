@@ -94,20 +94,39 @@ def build_tiny(spec: TinyModel, corpus: Path, out_dir: Path) -> dict[str, float]
 
 
 def fetch_base(spec: BaseSpec, out_dir: Path) -> dict[str, float]:
-    """Materialise a hub or local base model as a safetensors directory."""
-    model = AutoModelForCausalLM.from_pretrained(
+    """Materialise a hub or local base model as a safetensors directory.
+
+    A local directory is checked before anything is loaded (solar/checks.py: corrupt files,
+    config vs weights, tokenizer vs embedding, pickles, custom code); what is saved is
+    checked again. A weight the config needs but the checkpoint lacks is an error, not a
+    random initialisation. Pickles, if allowed, are read with weights_only=True."""
+    from solar.checks import ModelCheckError, check_model_dir, check_remote_code
+
+    if Path(spec.model).is_dir():
+        check_remote_code(Path(spec.model), spec.trust_remote_code)
+        check_model_dir(Path(spec.model), spec.allow_pickle)
+    model, info = AutoModelForCausalLM.from_pretrained(
         spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-        use_safetensors=True, dtype="auto",
+        use_safetensors=None if spec.allow_pickle else True, weights_only=True, dtype="auto",
+        output_loading_info=True,
     )
+    if info.get("missing_keys"):
+        raise ModelCheckError(f"{spec.model}: the checkpoint lacks weights its config needs, "
+                              f"e.g. {sorted(info['missing_keys'])[:3]}")
     tokenizer = AutoTokenizer.from_pretrained(
         spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code
     )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    check_model_dir(out_dir)
     return {"params": float(model.num_parameters()), "layers": float(model.config.num_hidden_layers)}
 
 
 def load_model(path: Path, dtype: torch.dtype | None = None):
+    """A model directory's safetensors model, after the checks of solar/checks.py."""
+    from solar.checks import check_model_dir
+
+    check_model_dir(Path(path))
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False
     )

@@ -189,8 +189,9 @@ class TransformersChat:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+        # Never the custom code of a model's auto_map: a generator is not a trusted base.
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+        self.model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False).eval()
         self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
         self.requests = self.retries = 0
         if self.tokenizer.chat_template is None:

@@ -1,0 +1,262 @@
+"""Checks of a model directory, run before any stage reads its tensors.
+
+A bad input should stop a stage at once with an error that names the file, not deep inside
+transformers or half-way through writing an output: a corrupt or truncated safetensors file,
+a config.json that does not describe the weights beside it (transformers would silently
+initialise missing layers at random), a tokenizer with more tokens than the embedding has
+rows (ids past the end index out of range at run time), pickled weights (unpickling runs
+arbitrary code), and custom modeling code the spec did not ask to trust.
+
+Everything here reads headers and JSON only; nothing loads a tensor's data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from solar.tensorio import DTYPES, INDEX, itemsize
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# Decoders that name layers `model.layers.N.` (Llama, Mistral, Qwen2, Gemma, ...): the ones
+# DUS supports. Other layouts skip the layer check rather than fail it.
+LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
+EMBEDDINGS = ("model.embed_tokens.weight",)
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+class ModelCheckError(ValueError):
+    """A model directory that no stage should read: the message names file and field."""
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A tensor's shape and the file it lives in (from a header, never its data)."""
+
+    shape: tuple[int, ...]
+    file: Path
+
+
+def safetensors_header(path: Path) -> dict[str, Weight]:
+    """The tensors of one .safetensors file, after checking the header parses and the
+    tensor data fits the file exactly (as the safetensors library requires)."""
+    size = path.stat().st_size
+    if size < 8:
+        raise ModelCheckError(f"{path}: corrupt safetensors file: {size} bytes, shorter than "
+                              "the 8-byte header length")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(size - 8, MAX_HEADER):
+            raise ModelCheckError(f"{path}: corrupt safetensors file: header length {n} does not "
+                                  f"fit the file of {size} bytes")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelCheckError(f"{path}: corrupt safetensors file: the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ModelCheckError(f"{path}: corrupt safetensors file: the header is not a JSON object")
+    out, end = {}, 0
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        out[name] = _tensor_entry(path, name, meta)
+        end = max(end, meta["data_offsets"][1])
+    data = size - 8 - n
+    if end > data:
+        raise ModelCheckError(f"{path}: truncated safetensors file: the header places "
+                              f"{end} bytes of tensor data, the file holds {data}")
+    if end < data:
+        raise ModelCheckError(f"{path}: corrupt safetensors file: {data - end} bytes after the "
+                              "last tensor's data")
+    return out
+
+
+def _tensor_entry(path: Path, name: str, meta: Any) -> Weight:
+    where = f"{path}: corrupt safetensors file: tensor {name}"
+    if not isinstance(meta, dict) or meta.get("dtype") not in DTYPES:
+        raise ModelCheckError(f"{where}: no known dtype in {meta!r}"[:500])
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ModelCheckError(f"{where}: shape {shape!r} is not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ModelCheckError(f"{where}: data_offsets {offsets!r} is not a [start, end] byte range")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if offsets[1] - offsets[0] != numel * itemsize(meta["dtype"]):
+        raise ModelCheckError(f"{where}: {offsets[1] - offsets[0]} bytes of data for "
+                              f"{meta['dtype']} {shape}, which needs {numel * itemsize(meta['dtype'])}")
+    return Weight(tuple(shape), path)
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files a loader would read: those of the index, else every one."""
+    index = model_dir / INDEX
+    if not index.is_file():
+        return sorted(model_dir.glob("*.safetensors"))
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ModelCheckError(f"{index}: not a safetensors index ({e})") from None
+    files = [model_dir / name for name in names]
+    for f in files:
+        if not f.is_file():
+            raise ModelCheckError(f"{index}: lists {f.name}, which is missing")
+    return files
+
+
+def pickled_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+
+
+def pickled_shapes(files: list[Path]) -> dict[str, Weight]:
+    """Shapes of pickled state dicts, unpickled with torch.load(weights_only=True) onto the
+    meta device: only tensors and plain containers are rebuilt, no code runs, no data is read."""
+    out: dict[str, Weight] = {}
+    for path in files:
+        try:
+            state = torch.load(path, map_location="meta", weights_only=True)
+        except Exception as e:  # UnpicklingError for anything but tensors and containers
+            lines = str(e).splitlines()
+            why = next((ln.strip() for ln in lines if "Unsupported" in ln), lines[0] if lines else "")
+            raise ModelCheckError(f"{path}: refused by torch.load(weights_only=True), which rebuilds "
+                                  f"only tensors and plain containers: {why}") from None
+        if not isinstance(state, dict):
+            raise ModelCheckError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        out.update({k: Weight(tuple(v.shape), path) for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, None if absent; an error naming the file if it does not parse."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelCheckError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelCheckError(f"{path}: not a JSON object")
+    return data
+
+
+def check_config(model_dir: Path, config: dict[str, Any], weights: dict[str, Weight]) -> None:
+    """config.json against the weights: layer indices, hidden size and vocabulary rows."""
+    where = model_dir / "config.json"
+    n = config.get("num_hidden_layers")
+    layers: dict[int, str] = {}
+    for name in weights:
+        if (m := LAYER_KEY.match(name)) is not None:
+            layers.setdefault(int(m.group(1)), name)
+    if isinstance(n, int) and layers:
+        if extra := sorted(i for i in layers if i >= n):
+            t = layers[extra[0]]
+            raise ModelCheckError(f"{where}: num_hidden_layers={n}, but tensor {t} in "
+                                  f"{weights[t].file.name} belongs to layer {extra[0]}")
+        if missing := [i for i in range(n) if i not in layers]:
+            raise ModelCheckError(f"{where}: num_hidden_layers={n}, but no model.layers.{missing[0]}.* "
+                                  f"tensor is in the weights (layers {sorted(layers)} are)")
+    emb = next((e for e in EMBEDDINGS if e in weights), None)
+    if emb is None or len(weights[emb].shape) != 2:
+        return
+    rows, cols = weights[emb].shape
+    for key, value, dim in (("vocab_size", rows, 0), ("hidden_size", cols, 1)):
+        want = config.get(key)
+        if isinstance(want, int) and want != value:
+            raise ModelCheckError(f"{where}: {key}={want}, but tensor {emb} in {weights[emb].file.name} "
+                                  f"has shape {list(weights[emb].shape)} (dimension {dim} is {value})")
+
+
+def tokenizer_size(model_dir: Path) -> int | None:
+    """Ids a tokenizer can produce (highest id + 1), from tokenizer.json; None without one."""
+    data = read_json(model_dir / "tokenizer.json")
+    if data is None:
+        return None
+    vocab = (data.get("model") or {}).get("vocab")
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
+    ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
+    ints = [i for i in ids if isinstance(i, int)]
+    return max(ints) + 1 if ints else None
+
+
+def check_tokenizer(model_dir: Path, weights: dict[str, Weight]) -> None:
+    """Every token id must index a row of the input embedding. Fewer tokens than rows is
+    fine: models pad their vocabulary to a round size."""
+    emb = next((e for e in EMBEDDINGS if e in weights), None)
+    size = tokenizer_size(model_dir)
+    if emb is None or size is None or not weights[emb].shape:
+        return
+    rows = weights[emb].shape[0]
+    if size > rows:
+        raise ModelCheckError(f"{model_dir}: the tokenizer (tokenizer.json) has {size} token ids, but "
+                              f"the model's embedding {emb} has {rows} rows; ids >= {rows} have no embedding")
+
+
+def custom_code(model_dir: Path) -> list[str]:
+    """The custom code files that config.json or tokenizer_config.json name in `auto_map`."""
+    code = []
+    for name in ("config.json", "tokenizer_config.json"):
+        auto_map = (read_json(model_dir / name) or {}).get("auto_map") or {}
+        for ref in auto_map.values() if isinstance(auto_map, dict) else []:
+            for r in ref if isinstance(ref, list) else [ref]:
+                if isinstance(r, str):
+                    code.append(r.split("--")[-1].rsplit(".", 1)[0] + ".py")
+    return sorted(set(code))
+
+
+def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
+    """Custom code runs only when the spec says `trust_remote_code: true`. Without it, a
+    model type transformers knows is loaded with transformers' own class (its auto_map is
+    ignored, its code never imported); any other cannot be loaded, and this says why."""
+    code = custom_code(model_dir)
+    if not code or trust_remote_code:
+        return
+    from transformers import CONFIG_MAPPING
+
+    model_type = (read_json(model_dir / "config.json") or {}).get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelCheckError(
+            f"{model_dir / 'config.json'}: model_type={model_type!r} needs the custom code its "
+            f"auto_map names ({', '.join(code)}), which is not run unless base.trust_remote_code "
+            "is true")
+
+
+def check_model_dir(model_dir: Path, allow_pickle: bool = False) -> str:
+    """Check a model directory before anything reads its tensors; returns the weight format
+    a loader will use ("safetensors" or "pickle"). Raises ModelCheckError naming the file.
+
+    Pickled weights (*.bin, *.pt, *.pth, *.ckpt) are refused unless `allow_pickle`, and are
+    then only ever unpickled with torch.load(weights_only=True). A directory that also has
+    safetensors weights is read from those; its pickles are never opened."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelCheckError(f"{model_dir}: not a model directory")
+    config = read_json(model_dir / "config.json")
+    if config is None:
+        raise ModelCheckError(f"{model_dir}: no config.json")
+    files = weight_files(model_dir)
+    if files:
+        fmt, weights = "safetensors", {}
+        for f in files:
+            weights.update(safetensors_header(f))
+    else:
+        pickles = pickled_files(model_dir)
+        if not pickles:
+            raise ModelCheckError(f"{model_dir}: no weights (*.safetensors)")
+        if not allow_pickle:
+            raise ModelCheckError(
+                f"{model_dir}: pickled weights {[p.name for p in pickles]} are refused: unpickling "
+                "can run arbitrary code. Convert them to safetensors, or set base.allow_pickle: true "
+                "(they are then read with torch.load(weights_only=True))")
+        fmt, weights = "pickle", pickled_shapes(pickles)
+    check_config(model_dir, config, weights)
+    check_tokenizer(model_dir, weights)
+    return fmt
