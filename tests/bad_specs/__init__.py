@@ -1,0 +1,1 @@
+"""Malformed pipeline specs, one defect each; see corpus.py."""
