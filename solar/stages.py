@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from solar.artifacts import StageResult, building, finish, is_complete, load_result, stage_dir
+from solar.artifacts import StageResult, Verify, building, finish, is_complete, load_result, stage_dir
 from solar.plan import Stage, embedded_path, resolve_local_source
 from solar.spec import BaseSpec, TinyModel, TrainSpec
 from solar.tracking import StageRun, TrackingContext, stage_run
@@ -30,8 +30,10 @@ def build_base(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) 
 
 
 def build_upscale(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
+    from solar.checks import check_model_dir
     from solar.dus import upscale
 
+    check_model_dir(inputs[0])  # headers, config and tokenizer before a tensor is read
     return upscale(inputs[0], out, p["m"], p["ranges"], p["shard_size_mb"] * 1_000_000)
 
 
@@ -79,8 +81,24 @@ def build_math_alignment(p: dict[str, Any], inputs: list[Path], out: Path, run: 
 
 
 def checkpoints(run: StageRun) -> Path | None:
-    """Training checkpoints live in the stage's work dir, which outlives a killed attempt."""
-    return run.work_dir / "checkpoints" if run.work_dir else None
+    """Training checkpoints live in the stage's work dir, which outlives a killed attempt.
+    A checkpoint killed while being written (the trainer writes `trainer_state.json` last)
+    is removed, so the trainer resumes from the newest whole one."""
+    if not run.work_dir:
+        return None
+    path = run.work_dir / "checkpoints"
+    for partial in path.glob("checkpoint-*"):
+        if partial.is_dir() and not _whole_checkpoint(partial):
+            shutil.rmtree(partial, ignore_errors=True)
+    return path
+
+
+def _whole_checkpoint(path: Path) -> bool:
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def ref_cache(run: StageRun) -> Path | None:
@@ -109,8 +127,11 @@ def build_dpo(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -
 
 
 def build_merge(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
+    from solar.checks import check_model_dir
     from solar.merge import merge_models
 
+    for model_dir in inputs:  # headers, config and tokenizer before a tensor is read
+        check_model_dir(model_dir)
     based = p["method"] in ("task_arithmetic", "ties", "dare")  # the base is the last input
     return merge_models(
         inputs[:-1] if based else inputs, out, p["method"], p["weights"], p["t"], p["dtype"],
@@ -122,13 +143,19 @@ def build_merge(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun)
 def build_eval(p: dict[str, Any], inputs: list[Path], out: Path, run: StageRun) -> dict[str, float]:
     from solar.evaluate import TaskSettings, evaluate_h6
 
-    if not p["data"].startswith("embedded:"):
-        raise ValueError(f"eval.data: {p['data']!r}: only the embedded eval sets run offline here")
+    hub = p["data"] == "hub"  # the harness's registered tasks; else solar/eval_tasks
+    if not hub and not p["data"].startswith("embedded:"):
+        raise ValueError(f"eval.data: {p['data']!r}: give embedded:<dir> or hub")
+    if hub:  # None: the registered tasks download their hub datasets
+        overrides = p.get("dataset_overrides")
+        data_dir = resolve_local_source(overrides) if overrides else None
+    else:
+        data_dir = embedded_path(p["data"].removeprefix("embedded:"))
     tasks = {name: TaskSettings(num_fewshot=t["shots"], limit=t["limit"]) for name, t in p["tasks"].items()}
     scores = evaluate_h6(
-        inputs[0], embedded_path(p["data"].removeprefix("embedded:")), out, tasks=tasks,
+        inputs[0], data_dir, out, tasks=tasks,
         batch_size=p["batch_size"], max_gen_toks=p["max_gen_toks"], seed=p["seed"],
-        dtype=p["dtype"], apply_chat_template=p["chat_template"],
+        dtype=p["dtype"], apply_chat_template=p["chat_template"], hub=hub,
     )
     run.log_text(json.dumps(scores, indent=2), "scores.json")
     return scores
@@ -171,13 +198,15 @@ def run_stage(
     inputs: dict[str, StageResult],
     root: str | Path,
     tracking: TrackingContext | None = None,
+    verify: Verify = "fast",
 ) -> StageResult:
-    """Build `stage` from its inputs' artifacts into `root`, unless it is built already.
+    """Build `stage` from its inputs' artifacts into `root`, unless it is built already
+    (checked as `verify` says, see solar/artifacts.py).
 
     The output appears at its fingerprint's directory only once complete; its manifest
     records the metrics, and the MLflow child run its params, curves and metrics."""
     out = stage_dir(Path(root).resolve(), stage.kind, stage.fingerprint)
-    if is_complete(out):
+    if is_complete(out, deep=verify == "hash"):
         return load_result(out)
     missing = [name for name in stage.inputs if name not in inputs]
     if missing:
@@ -206,6 +235,8 @@ def run_stage(
         finish(tmp, result, extra={
             "params": stage.params,
             "inputs": {name: inputs[name].fingerprint for name in stage.inputs},
+            # MLflow calls given up on (server lost mid-stage): the model is fine, its run is not.
+            "tracking_errors": run.errors + ([f"{run.skipped} later calls skipped"] if run.skipped else []),
         })
     shutil.rmtree(run.work_dir, ignore_errors=True)
     return result

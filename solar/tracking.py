@@ -3,12 +3,23 @@ per stage named as the stage.
 
 Everything goes through `MlflowClient` with explicit run ids, never the thread-local active
 run, so stages running in worker threads or processes log to the right place.
+
+Faults: an HTTP tracking server that does not answer at the start of a pipeline is an
+error before any stage runs (`check_reachable`), so nothing is trained and then lost. A
+server lost during a stage does not fail the stage: each of its tracking calls is retried
+(`RETRY_ATTEMPTS`, exponential backoff from `RETRY_BACKOFF` seconds, on top of MLflow's own
+HTTP retries, MLFLOW_HTTP_REQUEST_MAX_RETRIES), then given up with a warning; the stage's
+later calls are skipped and the losses are listed in its manifest (`tracking_errors`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +27,15 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DB = "mlflow.db"
+RETRY_ATTEMPTS = 3  # tries of one tracking call during a stage before it is given up
+RETRY_BACKOFF = 1.0  # seconds before the second try, doubled before each later one
+REACH_TIMEOUT = 5.0  # seconds an HTTP tracking server has to answer at pipeline start
+
+log = logging.getLogger(__name__)
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer: raised before any stage runs."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,26 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Fail fast, naming the URI, if an http(s) tracking server does not answer. Without
+    this, MLflow's own retries (7 with exponential backoff by default) take minutes to say
+    so. Any HTTP answer counts as reachable (a proxy may not route `/health`)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):  # it answered; TLS settings are MLflow's to apply
+            return
+        raise TrackingUnavailable(
+            f"tracking.uri {uri}: MLflow server unreachable ({reason}); nothing was run. "
+            "Start the server, or set tracking.uri / MLFLOW_TRACKING_URI to one that answers."
+        ) from e
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -44,6 +84,7 @@ def start_pipeline(
 ) -> TrackingContext:
     """Create (or reuse) the experiment and open the pipeline's parent run."""
     uri = resolve_uri(uri)
+    check_reachable(uri)
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else c.create_experiment(experiment)
@@ -69,30 +110,32 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 class StageRun:
-    """A stage's child run; `log(metrics, step)` is safe to call from any thread."""
+    """A stage's child run; `log(metrics, step)` is safe to call from any thread.
+
+    Its calls never fail the stage: a call that still fails after `RETRY_ATTEMPTS` is
+    recorded in `errors` (and the stage's manifest) and the stage's later calls are skipped,
+    so a lost server costs the curves, not the trained model."""
 
     def __init__(self, ctx: TrackingContext | None, run_id: str | None):
         self.ctx, self.run_id = ctx, run_id
         self.stage_name: str | None = None
         self.work_dir: Path | None = None  # scratch that outlives a failed attempt
+        self.errors: list[str] = []  # tracking calls given up on
+        self.skipped = 0  # calls not tried once tracking was lost
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
-        if self.ctx is None or self.run_id is None:
-            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
-        client(self.ctx.uri).log_batch(self.run_id, metrics=batch)
+        self._call("log_batch", lambda c: c.log_batch(self.run_id, metrics=batch))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        if self.ctx is not None and self.run_id is not None:
-            client(self.ctx.uri).log_text(self.run_id, text, artifact_file)
+        self._call(f"log_text {artifact_file}", lambda c: c.log_text(self.run_id, text, artifact_file))
 
     def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
         """A table (column -> values) as an MLflow table artifact (`MlflowClient.log_table`)."""
-        if self.ctx is not None and self.run_id is not None:
-            client(self.ctx.uri).log_table(self.run_id, columns, artifact_file)
+        self._call(f"log_table {artifact_file}", lambda c: c.log_table(self.run_id, columns, artifact_file))
 
     def log_data_inputs(self, datasets: list[dict[str, Any]]) -> None:
         """Lineage, as `mlflow.log_input`: each dataset the stage reads ({name, path, digest,
@@ -109,7 +152,26 @@ class StageRun:
                              schema=Schema([ColSpec("string", "rows")]))
             tags = [InputTag("mlflow.data.context", d.get("context", "train"))]
             entries.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))
-        _log_inputs_retrying(client(self.ctx.uri), self.run_id, entries)
+        self._call("log_inputs", lambda c: _log_inputs_retrying(c, self.run_id, entries))
+
+    def _call(self, what: str, fn) -> None:
+        """`fn(client)`, retried with backoff; given up on (and recorded) if it keeps failing."""
+        if self.ctx is None or self.run_id is None:
+            return
+        if self.errors:  # lost earlier in this stage: don't spend the retries again
+            self.skipped += 1
+            return
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                fn(client(self.ctx.uri))
+                return
+            except Exception as e:  # MlflowException, requests' errors, sqlite's ...
+                error = f"{what}: {type(e).__name__}: {e}"
+                if attempt < RETRY_ATTEMPTS - 1:
+                    time.sleep(RETRY_BACKOFF * 2**attempt)
+        self.errors.append(error[:2000])
+        log.warning("MLflow tracking lost in stage %s after %d tries; the stage goes on "
+                    "untracked: %s", self.stage_name or self.run_id, RETRY_ATTEMPTS, error[:500])
 
 
 def _log_inputs_retrying(c, run_id: str, entries: list, attempts: int = 3) -> None:
@@ -142,12 +204,14 @@ def stage_run(
     )
     run_id = run.info.run_id
     _log_params(c, run_id, params)
+    stage = StageRun(ctx, run_id)
     try:
-        yield StageRun(ctx, run_id)
+        yield stage
     except BaseException:
-        c.set_terminated(run_id, "FAILED")
+        stage._call("set_terminated", lambda c: c.set_terminated(run_id, "FAILED"))
         raise
-    c.set_terminated(run_id, "FINISHED")
+    # The artifact is in place by now: a lost server must not turn the stage into a failure.
+    stage._call("set_terminated", lambda c: c.set_terminated(run_id, "FINISHED"))
 
 
 def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
