@@ -1,6 +1,8 @@
 # make run    set up .venv and run the paper-ablation DAG on the embedded default
 # make test   set up .venv, lint, and run the test suite
 # make setup  set up .venv only (a no-op when it is current)
+# make servers / make servers-down   Prefect + MLflow servers and a CPU and a GPU worker
+#             on 127.0.0.1 (state in .servers/; `source .servers/env` for clients)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -19,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep rather than spin (torch slows ~10x on 2 busy cores otherwise).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup run plan test lint clean
+.PHONY: setup run plan test lint clean servers servers-down
 
 setup: $(STAMP)
 
@@ -40,8 +42,14 @@ test: setup
 	$(BIN)/ruff check solar tasks flows tests deployments benchmarks
 	$(BIN)/python -m pytest -q
 
+servers: setup
+	$(BIN)/python deployments/servers.py up
+
+servers-down:
+	$(BIN)/python deployments/servers.py down
+
 lint: setup
 	$(BIN)/ruff check solar tasks flows tests deployments benchmarks
 
 clean:
-	rm -rf artifacts mlruns mlflow.db .pytest_cache
+	rm -rf artifacts mlruns mlflow.db .pytest_cache .servers

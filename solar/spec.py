@@ -8,13 +8,16 @@ anything runs, and every message names the field it is about.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,9 +30,12 @@ from pydantic import (
 )
 
 # A stage name becomes part of MLflow run names and report rows, never a path on its own,
-# but keep it to characters that are safe everywhere.
+# but keep it to characters that are safe everywhere: no "/", no "..", no trailing ".".
 Name = Annotated[
-    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9+._-]*$", min_length=1, max_length=64)
+    str,
+    StringConstraints(
+        pattern=r"^[a-z0-9][a-z0-9+_-]*(\.[a-z0-9+_-]+)*$", min_length=1, max_length=64
+    ),
 ]
 
 # The dataset formats the loaders know, and what each becomes once prepared.
@@ -62,8 +68,26 @@ TABLE8_TASKS: tuple[str, ...] = (
 H6Task = Literal["arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k"]
 
 
+def _check_source(value: str) -> str:
+    """An `embedded:` path must stay inside solar/embedded/data and a `hub:` source needs an
+    id: otherwise the mistake shows only when the stage runs, or reads outside the package."""
+    scheme, sep, rest = value.partition(":")
+    if sep and scheme in ("embedded", "hub"):
+        if not rest.strip():
+            raise ValueError(f"{value!r}: {scheme}: needs a {'path' if scheme == 'embedded' else 'dataset id'}")
+        if scheme == "embedded" and (rest.startswith("/") or ".." in Path(rest).parts):
+            raise ValueError(f"{value!r} points outside solar/embedded/data")
+    return value
+
+
+# A data location: `embedded:<path under solar/embedded/data>`, `hub:<id>`, or a local path.
+Source = Annotated[str, Field(min_length=1), AfterValidator(_check_source)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan pass `gt=0` bounds (nan fails them, inf does not) and would only fail
+    # mid-training or as a merged model of nan: refuse both in every float field.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TinyModel(Strict):
@@ -104,7 +128,11 @@ class BaseSpec(Strict):
     model: str = "embedded"
     config: str | None = None
     revision: str | None = None
+    # Run the custom modeling code a model's auto_map names (off: never imported).
     trust_remote_code: bool = False
+    # Read pickled weights (*.bin, *.pt, ...) of a model without safetensors, and then only
+    # with torch.load(weights_only=True); off: such a model is refused (see solar/checks.py).
+    allow_pickle: bool = False
     tiny: TinyModel = TinyModel()
 
 
@@ -145,6 +173,10 @@ class LoraSpec(Strict):
     alpha: PositiveFloat = 32.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # QLoRA: the frozen base weights loaded in 4-bit NF4 (double quantisation, bf16 compute)
+    # or 8-bit through bitsandbytes. Needs a CUDA GPU and bitsandbytes, checked when the
+    # stage starts, before any data is read.
+    quantize: Literal["4bit", "8bit"] | None = None
 
 
 class TrainSpec(Strict):
@@ -170,9 +202,25 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Data-parallel processes on this machine, started with torchrun (DDP; gloo on CPU).
     processes: PositiveInt = 1
+    # `accelerate` starts the ranks with `accelerate launch --config_file accelerate_config`
+    # instead (e.g. deployments/accelerate/fsdp.yaml or deepspeed-zero3.yaml on GPU pools).
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    accelerate_config: str | None = None
     lora: LoraSpec | None = None
     bf16: bool | None = None
     activation_checkpointing: bool | None = None
+
+    @model_validator(mode="after")
+    def _launcher(self) -> TrainSpec:
+        if self.launcher == "accelerate" and not self.accelerate_config:
+            raise ValueError("accelerate_config: launcher 'accelerate' needs an accelerate config file "
+                             "(e.g. deployments/accelerate/ddp.yaml)")
+        if self.launcher != "accelerate" and self.accelerate_config:
+            raise ValueError("accelerate_config: only read with launcher: accelerate")
+        if self.lora and self.lora.quantize and self.device == "cpu":
+            raise ValueError(f"lora.quantize: {self.lora.quantize} loading (bitsandbytes) needs a CUDA GPU, "
+                             "and device is 'cpu'")
+        return self
 
 
 class PretrainSpec(Strict):
@@ -197,7 +245,7 @@ class DatasetSpec(Strict):
 
     name: Name
     format: DatasetFormat
-    source: str = Field(min_length=1)
+    source: Source
     split: str = "train"
     revision: str | None = None
     cap: PositiveInt | None = None
@@ -279,7 +327,7 @@ class DecontamSpec(Strict):
     one n-gram). `datasets: all` cleans every dataset an SFT or DPO stage consumes."""
 
     datasets: list[Name] | Literal["all"] = "all"
-    eval_data: str = "embedded:eval"
+    eval_data: Source = "embedded:eval"
     ngram: PositiveInt = 13
     threshold: float = Field(0.5, gt=0.0, le=1.0)
     min_tokens: PositiveInt = 8
@@ -304,8 +352,12 @@ class MergeSpec(Strict):
     `weights` weigh the models (normalised for linear; task-vector weights, default 1, for
     the base methods); `density` is the fraction ties keeps and dare keeps in expectation;
     `scale` (lambda) multiplies the merged task vector; `seed` fixes dare's drop masks.
-    `tokenizer_policy`: `require_same` refuses inputs whose tokenizer.json vocabularies
-    differ; `first` takes the first model's. Output is float tensors in `dtype` (default:
+    `weights_sum`, if given, is the sum the weights must have: a check, not a parameter (a
+    hand-edited [0.6, 0.6] meant to sum to 1 fails here), so it is left out of dumps and
+    fingerprints; it applies to the candidates' weights too.
+    `tokenizer_policy`: `strict` refuses inputs whose tokenizers differ in vocabulary,
+    special tokens or chat template; `first` takes the first model's when every tokenizer
+    has as many tokens, else refuses. Output is float tensors in `dtype` (default:
     the first model's), in safetensors shards of at most `shard_size_mb`."""
 
     name: Name
@@ -313,12 +365,13 @@ class MergeSpec(Strict):
     models: list[Name] = Field(min_length=2)
     base: Name | None = None
     weights: list[float] | None = None
+    weights_sum: float | None = Field(None, exclude=True)
     t: float | None = Field(None, ge=0.0, le=1.0)
     density: float | None = Field(None, gt=0.0, le=1.0)
     scale: PositiveFloat | None = None
     seed: int | None = None
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    tokenizer_policy: Literal["require_same", "first"] = "require_same"
+    tokenizer_policy: Literal["strict", "first"] = "strict"
     shard_size_mb: PositiveInt = 1000
     # A candidate grid (the paper's Table 7): each entry overrides method/weights/t/...
     # of this merge; every candidate is built and evaluated, and the best by `select_by`
@@ -330,6 +383,8 @@ class MergeSpec(Strict):
         """The i-th candidate (from 1) as a plain merge."""
         data = self.model_dump(exclude={"candidates", "select_by"})
         data.update(self.candidates[i - 1], name=f"{self.name}.c{i}")
+        if data.get("weights") is not None:
+            data["weights_sum"] = self.weights_sum
         return MergeSpec.model_validate(data)
 
     @model_validator(mode="after")
@@ -366,6 +421,15 @@ class MergeSpec(Strict):
             raise ValueError(f"{where}.density: only ties and dare take density")
         if self.method != "dare" and self.seed is not None:
             raise ValueError(f"{where}.seed: only a dare merge takes seed")
+        if self.weights_sum is not None and self.weights is None and not self.candidates:
+            raise ValueError(f"{where}.weights_sum: declared, but the merge gives no weights")
+        if self.weights_sum is not None and not math.isclose(
+            sum(self.weights), self.weights_sum, rel_tol=1e-9, abs_tol=1e-6
+        ):
+            raise ValueError(
+                f"{where}.weights: {self.weights} sum to {sum(self.weights):g}, "
+                f"but weights_sum declares {self.weights_sum:g}"
+            )
         if self.method == "linear" and self.weights is not None:
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError(f"{where}.weights: must be >= 0 with a positive sum")
@@ -409,10 +473,15 @@ def _default_tasks() -> dict[str, EvalTaskSpec]:
 
 
 class EvalSpec(Strict):
-    """H6 through lm-evaluation-harness. `models: all` evaluates every model stage."""
+    """H6 through lm-evaluation-harness. `models: all` evaluates every model stage.
+    `data`: `embedded:eval` runs solar/eval_tasks over the embedded sets; `hub` runs the
+    harness's registered leaderboard tasks on their hub datasets or, with
+    `dataset_overrides` (`embedded:eval` or a local directory, one subdirectory per
+    benchmark in the hub schemas), on those local files: air-gapped machines and tests."""
 
     models: list[Name] | Literal["all"] = "all"
-    data: str = "embedded:eval"
+    data: Source = "embedded:eval"
+    dataset_overrides: Source | None = None
     tasks: dict[H6Task, EvalTaskSpec] = Field(default_factory=_default_tasks, min_length=1)
     batch_size: PositiveInt = 8
     max_gen_toks: PositiveInt = 256
@@ -429,6 +498,14 @@ class EvalSpec(Strict):
         leaderboard's numbers; reports say so wherever they show them."""
         return any(t.limit is not None for t in self.tasks.values())
 
+    @model_validator(mode="after")
+    def _overrides_need_hub(self) -> EvalSpec:
+        if self.dataset_overrides is not None and self.data != "hub":
+            raise ValueError(
+                f"eval.dataset_overrides: only with eval.data: hub (data is {self.data!r})"
+            )
+        return self
+
 
 class TrackingSpec(Strict):
     """MLflow: `uri` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
@@ -439,12 +516,18 @@ class TrackingSpec(Strict):
     # the registered model's name (default: "<pipeline>-<stage>").
     register_stage: Name | None = None
     registered_name: str | None = None
+    # Extra tags on the pipeline's parent run (a sweep tags each point with its values).
+    tags: dict[str, str] = {}
 
 
 class ExecutionSpec(Strict):
     mode: Literal["local", "pools"] = "local"
-    artifacts_dir: str = "artifacts"
+    artifacts_dir: str = Field("artifacts", min_length=1)  # "" would build stages into the cwd
     max_parallel: PositiveInt = 1
+    # How a cached artifact is checked before reuse: `fast` compares each file's size and
+    # mtime with its manifest (a stat per file); `hash` re-hashes every file on every hit,
+    # catching even a same-size change with its mtime put back (see solar/artifacts.py).
+    verify: Literal["fast", "hash"] = "fast"
 
 
 class PipelineSpec(Strict):
@@ -498,6 +581,10 @@ def stage_kinds(spec: PipelineSpec) -> dict[str, tuple[str, str]]:
 
 
 MODEL_KINDS = ("base", "upscale", "pretrain", "sft", "merge", "dpo")
+# The names the planner gives the stages it adds (eval-<model>, ppl-<model>, sDPO steps
+# <dpo>.step<t>, merge candidates <merge>.c<i>): a spec's own stage may not take one, or
+# two stages of the plan would share a name. decontam-<dataset> is checked where known.
+GENERATED_NAME = re.compile(r"^(eval|ppl)-|\.(step|c)\d+$")
 
 
 def data_format(spec: PipelineSpec, name: str) -> str | None:
@@ -541,6 +628,12 @@ def dependencies(spec: PipelineSpec) -> dict[str, list[tuple[str, str]]]:
 
 def check_references(spec: PipelineSpec) -> None:
     kinds = stage_kinds(spec)
+    for name, (_, field) in kinds.items():
+        if GENERATED_NAME.search(name):
+            raise ValueError(
+                f"{field}: {name!r} has the form of a name the planner gives its own stages "
+                "(eval-*, ppl-*, *.step<N>, *.c<N>)"
+            )
     wanted = {  # field-path suffix -> what the reference must be
         "upscale.base": "model",
         "pretrain.base": "model",
@@ -587,6 +680,8 @@ def check_references(spec: PipelineSpec) -> None:
         for j, ref in enumerate(spec.eval.models):
             if kinds.get(ref, ("",))[0] not in MODEL_KINDS:
                 raise ValueError(f"eval.models[{j}]: {ref!r} names no model stage")
+            if ref in spec.eval.models[:j]:
+                raise ValueError(f"eval.models[{j}]: {ref!r} is listed twice")
     topological_order(spec)
 
 
@@ -699,12 +794,37 @@ def load_spec(
     if (preset is None) == (path is None):
         raise ValueError("give exactly one of a preset name or a spec file")
     source = preset_path(preset) if preset else Path(path)
-    data = yaml.safe_load(source.read_text())
+    try:
+        data = yaml.load(source.read_text(), Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source}: not YAML: {e}") from None
+    except DuplicateKey as e:
+        raise ValueError(f"{source}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a spec is a YAML mapping")
     for item in overrides:
         apply_override(data, item)
     return PipelineSpec.model_validate(data)
+
+
+class DuplicateKey(ValueError):
+    """A YAML mapping with the same key twice (kept apart from YAMLError, which it is not)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load keeps the last of two equal keys, so a spec with two `sft:` sections would
+    silently lose the first: this loader refuses it, naming the key and its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may override, by design
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
