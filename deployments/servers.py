@@ -27,18 +27,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flows.cli import OFFLINE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 JOB_TEMPLATE = REPO / "deployments" / "job_templates" / "process.json"
-OFFLINE = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",
-}
+# The CLI's settings (no telemetry, OpenMP threads that sleep), and no hub: see README.
+OFFLINE = {**OFFLINE_ENV, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def environment(home: Path, prefect_port: int, mlflow_port: int) -> dict[str, str]:

@@ -4,16 +4,10 @@ import random
 
 import pytest
 
-# Tests never reach a hub, and nothing phones home.
-for key, value in {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_WAIT_POLICY": "PASSIVE",  # see flows/cli.py
-}.items():
+from flows.cli import OFFLINE_ENV
+
+# Tests never reach a hub, and nothing phones home (the CLI's settings, plus no hub).
+for key, value in {**OFFLINE_ENV, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
     os.environ[key] = value
 
 

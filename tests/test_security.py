@@ -8,9 +8,7 @@ import json
 import logging
 import re
 import shutil
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from solar.checks import ModelCheckError
 from solar.plan import plan
 from solar.spec import BaseSpec, PipelineSpec, load_spec
 from solar.stages import run_stage, work_dir
+from tests.chat_server import LocalChatServer
 
 # ------------------------------------------------------------------ trust_remote_code
 
@@ -178,47 +177,26 @@ def test_a_stage_built_through_a_dotted_root_writes_only_under_it(tmp_path, tiny
 # ------------------------------------------------------------------ secrets
 
 
-class EchoChat:
+class EchoChat(LocalChatServer):
     """An OpenAI-compatible server on 127.0.0.1 that rephrases by restating (so answers
     match) and records the Authorization headers it was sent."""
 
     def __init__(self):
         self.auth: list[str] = []
-        server = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                server.auth.append(self.headers.get("Authorization", ""))
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                q = re.search(r"Question:\n(.*?)\n\nSolution:\n", prompt, re.S).group(1)
-                s = re.search(r"\n\nSolution:\n(.*?)\n\nReply in", prompt, re.S).group(1)
-                text = f"Rephrased question:\nPut another way: {q}\nRephrased solution:\n{s}"
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def handle(self, h, body: dict) -> None:
+        self.auth.append(h.headers.get("Authorization", ""))
+        prompt = body["messages"][-1]["content"]
+        q = re.search(r"Question:\n(.*?)\n\nSolution:\n", prompt, re.S).group(1)
+        s = re.search(r"\n\nSolution:\n(.*?)\n\nReply in", prompt, re.S).group(1)
+        text = f"Rephrased question:\nPut another way: {q}\nRephrased solution:\n{s}"
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
 
 
 class Capture(logging.Handler):

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,13 @@ from solar.plan import plan
 from solar.spec import PipelineSpec
 from solar.stages import run_stage, work_dir
 from solar.synth import PAIRS_FILE, OpenAIChat, last_boxed, parse_reply
+from tests.chat_server import LocalChatServer
 
 API_KEY = "sk-test-not-a-secret-0123456789"
 SEEDS = 24
 
 
-class ChatServer:
+class ChatServer(LocalChatServer):
     """POST /v1/chat/completions in the OpenAI protocol. The reply rephrases the question
     and restates the solution: correct for most seeds, a wrong answer for questions whose
     index is 1 mod 7, no \\boxed{} for 2 mod 7. With `flaky`, a prompt's first attempts get a
@@ -42,31 +43,7 @@ class ChatServer:
         self.log: list[tuple[float, str]] = []
         self.auth: set[str] = set()
         self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.handle(self, body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__()
 
     def handle(self, h: BaseHTTPRequestHandler, body: dict) -> None:
         prompt = body["messages"][-1]["content"]
