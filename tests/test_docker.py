@@ -188,10 +188,20 @@ def test_docker_compose_1_29_accepts_the_file_and_requires_the_secrets(tmp_path)
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     rendered = yaml.safe_load(ok.stdout)
-    assert set(rendered["services"]) == {"postgres", "minio", "minio-init", "prefect-server", "mlflow",
+    assert set(rendered["services"]) == {"postgres", "minio", "minio-init", "prefect-server", "mlflow", "deploy",
                                          "worker-cpu", "worker-gpu"}
     url = rendered["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert url == "postgresql+asyncpg://solar:change-me-postgres@postgres:5432/prefect"
     missing = subprocess.run([*cmd, "config", "-q"], capture_output=True, text=True, timeout=120,
                              env={"PATH": "/usr/bin:/bin"})
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr, shlex.join(missing.args)
+
+
+def test_a_one_shot_service_creates_the_pools_and_the_deployments(compose):
+    deploy = compose["services"]["deploy"]
+    script = " ".join(deploy["command"])
+    assert "solar-cpu solar-gpu" in script and "set-concurrency-limit solar-gpu" in script
+    assert "deployments/job_templates/process.json" in script and "python deployments/deploy.py" in script
+    assert deploy["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert deploy["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert deploy["restart"] == "no"
