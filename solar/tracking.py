@@ -53,6 +53,15 @@ def resolve_uri(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store's database (MLflow's
+    own default is ./mlruns of whatever directory the process runs in); a server decides
+    for itself (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
 def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
     """Fail fast, naming the URI, if an http(s) tracking server does not answer. Without
     this, MLflow's own retries (7 with exponential backoff by default) take minutes to say
@@ -87,7 +96,7 @@ def start_pipeline(
     check_reachable(uri)
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    experiment_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=artifact_root(uri))
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
     c.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     return TrackingContext(uri, experiment_id, run.info.run_id, experiment)
