@@ -13,7 +13,6 @@ Everything here reads headers and JSON only; nothing loads a tensor's data.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,17 @@ from typing import Any
 
 import torch
 
+from solar.dus import LAYER_KEY, NOT_TEXT, layer_section
 from solar.tensorio import DTYPES, INDEX, itemsize
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# Decoders that name layers `model.layers.N.` (Llama, Mistral, Qwen2, Gemma, ...): the ones
-# DUS supports. Other layouts skip the layer check rather than fail it.
-LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
-EMBEDDINGS = ("model.embed_tokens.weight",)
+# Input embeddings of the decoder families DUS knows (see solar.dus for their layers).
+EMBEDDINGS = (
+    "model.embed_tokens.weight",  # Llama, Mistral, Qwen2, Gemma, ...
+    "model.language_model.embed_tokens.weight", "language_model.model.embed_tokens.weight",
+    "transformer.wte.weight", "transformer.word_embeddings.weight", "gpt_neox.embed_in.weight",
+    "model.decoder.embed_tokens.weight",
+)
 MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
@@ -151,18 +154,23 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def check_config(model_dir: Path, config: dict[str, Any], weights: dict[str, Weight]) -> None:
     """config.json against the weights: layer indices, hidden size and vocabulary rows."""
     where = model_dir / "config.json"
-    n = config.get("num_hidden_layers")
-    layers: dict[int, str] = {}
+    try:
+        section, key = layer_section(config, str(where))
+    except ValueError:  # no layer count DUS knows: nothing to compare the layers with
+        section, key = None, None
+    n = (config if section is None else config[section])[key] if key else None
+    stacks: dict[str, dict[int, str]] = {}  # the decoder's layer stack(s): prefix -> index -> a tensor
     for name in weights:
-        if (m := LAYER_KEY.match(name)) is not None:
-            layers.setdefault(int(m.group(1)), name)
-    if isinstance(n, int) and layers:
+        if (m := LAYER_KEY.match(name)) is not None and not NOT_TEXT.search(m.group(1)):
+            stacks.setdefault(m.group(1), {}).setdefault(int(m.group(2)), name)
+    if isinstance(n, int) and len(stacks) == 1:
+        ((prefix, layers),) = stacks.items()
         if extra := sorted(i for i in layers if i >= n):
             t = layers[extra[0]]
-            raise ModelCheckError(f"{where}: num_hidden_layers={n}, but tensor {t} in "
+            raise ModelCheckError(f"{where}: {key}={n}, but tensor {t} in "
                                   f"{weights[t].file.name} belongs to layer {extra[0]}")
         if missing := [i for i in range(n) if i not in layers]:
-            raise ModelCheckError(f"{where}: num_hidden_layers={n}, but no model.layers.{missing[0]}.* "
+            raise ModelCheckError(f"{where}: {key}={n}, but no {prefix}.{missing[0]}.* "
                                   f"tensor is in the weights (layers {sorted(layers)} are)")
     emb = next((e for e in EMBEDDINGS if e in weights), None)
     if emb is None or len(weights[emb].shape) != 2:

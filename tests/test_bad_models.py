@@ -272,3 +272,27 @@ def test_a_merge_that_makes_non_finite_weights_stops(tmp_path, tiny_base, bad):
     with pytest.raises(ValueError, match=rf"merge: tensor {name} has non-finite values after merging"):
         run_stage(stage, {"a": result("a", a), "b": result("b", b)}, root)
     assert_nothing_finished(root, stage)
+
+
+@pytest.mark.parametrize("prefix, count_key, embedding", [
+    ("transformer.h", "n_layer", "transformer.wte.weight"),          # GPT-2
+    ("model.layers", "num_hidden_layers", "model.embed_tokens.weight"),  # Llama, Mistral, ...
+])
+def test_the_layer_check_follows_the_layer_names_dus_knows(tmp_path, prefix, count_key, embedding):
+    """The config/weights check reads the layer stack as DUS does, so a GPT-2-named model
+    whose config claims a layer the weights lack is refused, and a whole one passes."""
+    from solar.checks import ModelCheckError, check_model_dir
+
+    model = tmp_path / "m"
+    model.mkdir()
+    tensors = {f"{prefix}.{i}.mlp.weight": torch.zeros(2, 2) for i in range(3)}
+    tensors[embedding] = torch.zeros(10, 2)
+    save_file(tensors, model / "model.safetensors")
+    (model / "config.json").write_text(json.dumps({count_key: 3, "vocab_size": 10}))
+    assert check_model_dir(model) == "safetensors"
+    (model / "config.json").write_text(json.dumps({count_key: 4, "vocab_size": 10}))
+    with pytest.raises(ModelCheckError, match=rf"{count_key}=4, but no {prefix}\.3\.\* tensor"):
+        check_model_dir(model)
+    (model / "config.json").write_text(json.dumps({count_key: 3, "vocab_size": 12}))
+    with pytest.raises(ModelCheckError, match=rf"vocab_size=12, but tensor {embedding}"):
+        check_model_dir(model)
