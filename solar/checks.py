@@ -13,7 +13,6 @@ Everything here reads headers and JSON only; nothing loads a tensor's data.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from solar.dus import LAYER_KEY, NOT_TEXT, layer_section
-from solar.tensorio import DTYPES, INDEX, itemsize
+from solar.tensorio import INDEX, CorruptSafetensors, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Input embeddings of the decoder families DUS knows (see solar.dus for their layers).
@@ -31,7 +30,6 @@ EMBEDDINGS = (
     "transformer.wte.weight", "transformer.word_embeddings.weight", "gpt_neox.embed_in.weight",
     "model.decoder.embed_tokens.weight",
 )
-MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 class ModelCheckError(ValueError):
@@ -48,56 +46,12 @@ class Weight:
 
 def safetensors_header(path: Path) -> dict[str, Weight]:
     """The tensors of one .safetensors file, after checking the header parses and the
-    tensor data fits the file exactly (as the safetensors library requires)."""
-    size = path.stat().st_size
-    if size < 8:
-        raise ModelCheckError(f"{path}: corrupt safetensors file: {size} bytes, shorter than "
-                              "the 8-byte header length")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, MAX_HEADER):
-            raise ModelCheckError(f"{path}: corrupt safetensors file: header length {n} does not "
-                                  f"fit the file of {size} bytes")
-        raw = f.read(n)
+    tensor data fits the file exactly (`tensorio.read_header`)."""
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelCheckError(f"{path}: corrupt safetensors file: the header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise ModelCheckError(f"{path}: corrupt safetensors file: the header is not a JSON object")
-    out, end = {}, 0
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        out[name] = _tensor_entry(path, name, meta)
-        end = max(end, meta["data_offsets"][1])
-    data = size - 8 - n
-    if end > data:
-        raise ModelCheckError(f"{path}: truncated safetensors file: the header places "
-                              f"{end} bytes of tensor data, the file holds {data}")
-    if end < data:
-        raise ModelCheckError(f"{path}: corrupt safetensors file: {data - end} bytes after the "
-                              "last tensor's data")
-    return out
-
-
-def _tensor_entry(path: Path, name: str, meta: Any) -> Weight:
-    where = f"{path}: corrupt safetensors file: tensor {name}"
-    if not isinstance(meta, dict) or meta.get("dtype") not in DTYPES:
-        raise ModelCheckError(f"{where}: no known dtype in {meta!r}"[:500])
-    shape, offsets = meta.get("shape"), meta.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
-        raise ModelCheckError(f"{where}: shape {shape!r} is not a list of sizes")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
-        raise ModelCheckError(f"{where}: data_offsets {offsets!r} is not a [start, end] byte range")
-    numel = 1
-    for d in shape:
-        numel *= d
-    if offsets[1] - offsets[0] != numel * itemsize(meta["dtype"]):
-        raise ModelCheckError(f"{where}: {offsets[1] - offsets[0]} bytes of data for "
-                              f"{meta['dtype']} {shape}, which needs {numel * itemsize(meta['dtype'])}")
-    return Weight(tuple(shape), path)
+        infos = read_header(path)
+    except CorruptSafetensors as e:
+        raise ModelCheckError(str(e)) from None
+    return {name: Weight(info.shape, info.file) for name, info in infos.items()}
 
 
 def weight_files(model_dir: Path) -> list[Path]:

@@ -75,21 +75,66 @@ class TensorInfo:
         return self.shape[0] if self.shape else 1
 
 
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+class CorruptSafetensors(ValueError):
+    """A .safetensors file whose header does not describe its bytes; the message names it."""
+
+
 def read_header(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of one .safetensors file, from its JSON header alone."""
+    """The tensors of one .safetensors file, from its JSON header alone, after checking the
+    header parses and the tensor data fits the file exactly (as the safetensors library
+    requires): a corrupt or truncated file is an error before any tensor is read."""
+    size = path.stat().st_size
+    if size < 8:
+        raise CorruptSafetensors(f"{path}: corrupt safetensors file: {size} bytes, shorter than "
+                                 "the 8-byte header length")
     with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    base = 8 + size
-    out = {}
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > min(size - 8, MAX_HEADER):
+            raise CorruptSafetensors(f"{path}: corrupt safetensors file: header length {n} does not "
+                                     f"fit the file of {size} bytes")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptSafetensors(f"{path}: corrupt safetensors file: the header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CorruptSafetensors(f"{path}: corrupt safetensors file: the header is not a JSON object")
+    base, out, end = 8 + n, {}, 0
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        if meta["dtype"] not in DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-        a, b = meta["data_offsets"]
+        a, b = _tensor_range(path, name, meta)
         out[name] = TensorInfo(name, meta["dtype"], tuple(meta["shape"]), path, base + a, base + b)
+        end = max(end, b)
+    data = size - base
+    if end > data:
+        raise CorruptSafetensors(f"{path}: truncated safetensors file: the header places "
+                                 f"{end} bytes of tensor data, the file holds {data}")
+    if end < data:
+        raise CorruptSafetensors(f"{path}: corrupt safetensors file: {data - end} bytes after the "
+                                 "last tensor's data")
     return out
+
+
+def _tensor_range(path: Path, name: str, meta: object) -> tuple[int, int]:
+    """A header entry's [start, end) data offsets, once its dtype, shape and size agree."""
+    where = f"{path}: corrupt safetensors file: tensor {name}"
+    if not isinstance(meta, dict) or meta.get("dtype") not in DTYPES:
+        raise CorruptSafetensors(f"{where}: no known dtype in {meta!r}"[:500])
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise CorruptSafetensors(f"{where}: shape {shape!r} is not a list of sizes")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CorruptSafetensors(f"{where}: data_offsets {offsets!r} is not a [start, end] byte range")
+    need = _numel(tuple(shape)) * itemsize(meta["dtype"])
+    if offsets[1] - offsets[0] != need:
+        raise CorruptSafetensors(f"{where}: {offsets[1] - offsets[0]} bytes of data for "
+                                 f"{meta['dtype']} {shape}, which needs {need}")
+    return offsets[0], offsets[1]
 
 
 def model_tensors(model_dir: Path) -> dict[str, TensorInfo]:
