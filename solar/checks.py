@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from solar.dus import LAYER_KEY, NOT_TEXT, layer_section
-from solar.tensorio import INDEX, CorruptSafetensors, read_header
+from solar.tensorio import INDEX, CorruptSafetensors, read_header, tokenizer_size
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Input embeddings of the decoder families DUS knows (see solar.dus for their layers).
@@ -135,18 +135,6 @@ def check_config(model_dir: Path, config: dict[str, Any], weights: dict[str, Wei
         if isinstance(want, int) and want != value:
             raise ModelCheckError(f"{where}: {key}={want}, but tensor {emb} in {weights[emb].file.name} "
                                   f"has shape {list(weights[emb].shape)} (dimension {dim} is {value})")
-
-
-def tokenizer_size(model_dir: Path) -> int | None:
-    """Ids a tokenizer can produce (highest id + 1), from tokenizer.json; None without one."""
-    data = read_json(model_dir / "tokenizer.json")
-    if data is None:
-        return None
-    vocab = (data.get("model") or {}).get("vocab")
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))
-    ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t]
-    ints = [i for i in ids if isinstance(i, int)]
-    return max(ints) + 1 if ints else None
 
 
 def check_tokenizer(model_dir: Path, weights: dict[str, Weight]) -> None:

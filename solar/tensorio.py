@@ -541,16 +541,20 @@ def tokenizer_identity(model_dir: Path) -> dict[str, object]:
 
 
 def tokenizer_size(model_dir: Path) -> int | None:
-    """Number of token ids of a model's tokenizer.json (vocabulary and added tokens), None
-    without one."""
+    """Ids a model's tokenizer.json can produce (highest id of the vocabulary and the added
+    tokens, + 1); None without one or without ids."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    vocab = data.get("model", {}).get("vocab") or {}
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # Unigram: a list
-    ids += [t["id"] for t in data.get("added_tokens", [])]
-    return max(ids) + 1 if ids else 0
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    vocab = (data.get("model") or {}).get("vocab") if isinstance(data, dict) else None
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab or [])))  # Unigram: a list
+    ids += [t["id"] for t in (data.get("added_tokens") or []) if isinstance(t, dict) and "id" in t]
+    ints = [i for i in ids if isinstance(i, int)]
+    return max(ints) + 1 if ints else None
 
 
 def _numel(shape: tuple[int, ...]) -> int:
