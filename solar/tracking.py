@@ -102,6 +102,14 @@ def start_pipeline(
     return TrackingContext(uri, experiment_id, run.info.run_id, experiment)
 
 
+def run_url(ctx: TrackingContext) -> str | None:
+    """The parent run's page in the MLflow UI, for a tracking server (None for a local store,
+    which has no UI until `mlflow ui` serves it)."""
+    if not ctx.uri.startswith(("http://", "https://")):
+        return None
+    return f"{ctx.uri.rstrip('/')}/#/experiments/{ctx.experiment_id}/runs/{ctx.parent_run_id}"
+
+
 def end_pipeline(ctx: TrackingContext, failed: bool = False) -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, "FAILED" if failed else "FINISHED")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from solar import report
@@ -21,6 +21,7 @@ from solar.tracking import (
     log_summary,
     record_cached,
     register_model,
+    run_url,
     start_pipeline,
 )
 
@@ -36,10 +37,19 @@ def start_tracking(spec: PipelineSpec) -> TrackingContext:
     if url:
         tags["prefect.flow_run_url"] = url
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    return start_pipeline(
+    ctx = start_pipeline(
         spec.tracking.uri, spec.tracking.experiment or spec.name,
         f"{spec.name}-{flow_run.name or 'run'}", tags, spec_yaml,
     )
+    # ... and the flow run links back to the MLflow run (its Artifacts tab).
+    if link := run_url(ctx):
+        create_link_artifact(link, link_text=f"MLflow run {ctx.parent_run_id}", key="mlflow-run",
+                             description=f"The pipeline's parent run in MLflow ({ctx.pipeline})")
+    else:
+        create_markdown_artifact(
+            f"MLflow run `{ctx.parent_run_id}` in `{ctx.uri}`: `mlflow ui --backend-store-uri {ctx.uri}`",
+            key="mlflow-run", description="The pipeline's parent run in MLflow")
+    return ctx
 
 
 @task(name="summarize")

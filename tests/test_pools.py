@@ -170,6 +170,13 @@ def test_pools_mode_runs_gpu_stages_on_the_gpu_pool(stack, pipeline_run):
     (parent,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{pipeline_run.id}'")
     assert parent.info.status == "FINISHED"
     assert str(pipeline_run.id) in parent.data.tags["prefect.flow_run_url"]
+    # ... and the flow run links to it: a link artifact of the pipeline's flow run.
+    (inner,) = flow_runs(parent=pipeline_run.id)
+    with get_client(sync_client=True) as client_:
+        links = [a for a in client_.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[inner.id])))
+                 if a.key == "mlflow-run"]
+    url = f"{stack['env']['MLFLOW_TRACKING_URI']}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+    assert len(links) == 1 and f"({url})" in links[0].data, [a.data for a in links]
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {c.info.run_name for c in children} == set(stages)
     assert all(c.info.status == "FINISHED" for c in children)
