@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import time
 import urllib.error
@@ -98,7 +99,7 @@ def start_pipeline(
     exp = c.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=artifact_root(uri))
     run = c.create_run(experiment_id, run_name=run_name, tags=tags)
-    c.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    c.log_text(run.info.run_id, redact(spec_yaml), "spec.yaml")
     return TrackingContext(uri, experiment_id, run.info.run_id, experiment)
 
 
@@ -114,15 +115,26 @@ def end_pipeline(ctx: TrackingContext, failed: bool = False) -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, "FAILED" if failed else "FINISHED")
 
 
+# The userinfo of a URL (`scheme://user:password@host`, `scheme://token@host`).
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of URLs replaced (`https://***@host`): a tracking or
+    generator URL written with its password or token never reaches MLflow."""
+    return URL_USERINFO.sub("***@", text)
+
+
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested params as dotted keys with string values (MLflow's form)."""
+    """Nested params as dotted keys with string values (MLflow's form), URL passwords
+    redacted."""
     out: dict[str, str] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(flatten(value, f"{name}."))
         else:
-            out[name] = str(value)[:6000]
+            out[name] = redact(str(value))[:6000]
     return out
 
 

@@ -24,3 +24,25 @@ def test_a_sqlite_stores_artifacts_go_beside_its_database(tmp_path, monkeypatch)
     run = MlflowClient(uri).get_run(ctx.parent_run_id)
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path / "db" / "mlruns")
     assert os.listdir(elsewhere) == []  # nothing in the working directory
+
+
+def test_url_credentials_never_reach_mlflow(tmp_path):
+    """A generator or tracking URL written with its password or token: the stage params
+    and the parent run's spec.yaml carry the URL without them."""
+    from solar.tracking import redact, stage_run
+
+    secret = "pw-5f1c9e"
+    url = f"http://user:{secret}@127.0.0.1:9/v1"
+    assert redact(url) == "http://***@127.0.0.1:9/v1"
+    assert redact(f"https://{secret}@host/x") == "https://***@host/x"
+    assert redact("a@b.com and sqlite:////x/mlflow.db") == "a@b.com and sqlite:////x/mlflow.db"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ctx = start_pipeline(uri, "exp", "run", {"solar.pipeline": "exp"}, f"synthesis:\n- base_url: {url}\n")
+    with stage_run(ctx, "math-instruct", {}, {"backend": "openai", "base_url": url, "nested": {"u": url}}) as run:
+        child = run.run_id
+    end_pipeline(ctx)
+    c = MlflowClient(uri)
+    params = c.get_run(child).data.params
+    assert params["base_url"] == params["nested.u"] == "http://***@127.0.0.1:9/v1"
+    spec = Path(c.download_artifacts(ctx.parent_run_id, "spec.yaml", str(tmp_path / "dl"))).read_text()
+    assert secret not in spec and "http://***@127.0.0.1:9/v1" in spec
