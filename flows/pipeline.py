@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from solar.artifacts import StageResult
 from solar.plan import plan
-from solar.spec import PipelineSpec, apply_override, load_spec
+from solar.spec import PipelineSpec, load_spec, spec_from_dict
 from solar.tracking import end_pipeline
 from tasks.stages import STAGE_TASKS, deployment_of
 from tasks.tracking import start_tracking, summarize
@@ -109,10 +109,7 @@ def resolve_spec(
     every = [*(options or RunOptions()).overrides(), *(overrides or [])]
     if spec is None:
         return load_spec(preset=preset, overrides=every)
-    data = spec.model_dump(mode="json")
-    for item in every:
-        apply_override(data, item)
-    return PipelineSpec.model_validate(data)
+    return spec_from_dict(spec.model_dump(mode="json"), every)
 
 
 @flow(name="solar-preset", log_prints=False)

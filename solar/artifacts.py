@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ def is_complete(path: Path, deep: bool = False) -> bool:
             st = f.stat()
         except OSError:
             return False
-        if not f.is_file() or st.st_size != meta["size"]:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != meta["size"]:
             return False
         if "mtime_ns" in meta and st.st_mtime_ns != meta["mtime_ns"]:
             return False

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from solar.artifacts import Verify
+
 # A stage name becomes part of MLflow run names and report rows, never a path on its own,
 # but keep it to characters that are safe everywhere: no "/", no "..", no trailing ".".
 Name = Annotated[
@@ -527,7 +529,7 @@ class ExecutionSpec(Strict):
     # How a cached artifact is checked before reuse: `fast` compares each file's size and
     # mtime with its manifest (a stat per file); `hash` re-hashes every file on every hit,
     # catching even a same-size change with its mtime put back (see solar/artifacts.py).
-    verify: Literal["fast", "hash"] = "fast"
+    verify: Verify = "fast"
 
 
 class PipelineSpec(Strict):
@@ -802,6 +804,11 @@ def load_spec(
         raise ValueError(f"{source}: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a spec is a YAML mapping")
+    return spec_from_dict(data, overrides)
+
+
+def spec_from_dict(data: dict[str, Any], overrides: list[str] = ()) -> PipelineSpec:
+    """Apply `key.path=value` overrides to a spec dict (in place), then validate it."""
     for item in overrides:
         apply_override(data, item)
     return PipelineSpec.model_validate(data)
