@@ -23,7 +23,7 @@ from solar.artifacts import StageResult
 from solar.plan import plan
 from solar.spec import PipelineSpec, load_spec, spec_from_dict
 from solar.tracking import end_pipeline
-from tasks.stages import STAGE_TASKS, deployment_of
+from tasks.stages import deployment_of, limited_pools, tagged
 from tasks.tracking import start_tracking, summarize
 
 Preset = Literal["tiny", "paper-ablation", "solar-10.7b"]
@@ -42,10 +42,11 @@ def pipeline(spec: PipelineSpec) -> list[dict]:
     if dispatch:
         check_deployments({stage.kind for stage in stages})
     tracking = start_tracking(spec)
+    limited = limited_pools()
     futures: dict[str, PrefectFuture[StageResult]] = {}
     for stage in stages:
         inputs = {name: futures[name] for name in stage.inputs}
-        futures[stage.name] = STAGE_TASKS[stage.kind].submit(
+        futures[stage.name] = tagged(stage.kind, limited).submit(
             stage, inputs, root, tracking, dispatch, verify=spec.execution.verify)
     try:
         results = {name: f.result() for name, f in futures.items()}

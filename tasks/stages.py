@@ -75,15 +75,39 @@ def retry_transient(task, task_run, state) -> bool:
     return is_transient(error)
 
 
-def stage_task(kind: str, tags: tuple[str, ...]):
-    """A task that builds stages of one kind, named `<kind>:<stage name>` in the UI."""
+def pool_of(kind: str) -> str:
+    """`gpu` or `cpu`: the pool (and the task tag) of a stage kind."""
+    return "gpu" if kind in GPU_KINDS else "cpu"
+
+
+def limited_pools() -> set[str]:
+    """The pools with a tag concurrency limit on the Prefect server (e.g. `prefect
+    concurrency-limit create gpu 1`). Only their stages are tagged: Prefect asks the server
+    for a slot for every tag of every task run, which cost ~0.25 s a stage while the
+    pipeline ran here (more than most stages of the tiny preset compute)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    limited = set()
+    with get_client(sync_client=True) as client:
+        for pool in ("cpu", "gpu"):
+            try:
+                client.read_global_concurrency_limit_by_name(f"tag:{pool}")
+            except ObjectNotFound:
+                continue
+            limited.add(pool)
+    return limited
+
+
+def stage_task(kind: str):
+    """A task that builds stages of one kind, named `<kind>:<stage name>` in the UI.
+    Untagged; `tagged(kind, limited)` adds the pool tag where a limit applies."""
 
     @task(
         name=kind,
         task_run_name=f"{kind}:{{stage.name}}",
         cache_key_fn=stage_cache_key,
         persist_result=True,
-        tags=list(tags),
         retries=RETRIES,
         retry_delay_seconds=RETRY_DELAYS,
         retry_jitter_factor=0.2,
@@ -127,20 +151,19 @@ def dispatch_stage(
     return load_result(stage_dir(Path(root), stage.kind, stage.fingerprint))
 
 
-# Which pool a kind belongs to: tagged so that concurrency limits (e.g. `gpu`) apply.
-build_base = stage_task("base", ("cpu",))
-upscale = stage_task("upscale", ("cpu",))
-prepare_data = stage_task("data", ("cpu",))
-math_instruct = stage_task("math-instruct", ("cpu",))
-math_alignment = stage_task("math-alignment", ("cpu",))
-decontaminate = stage_task("decontam", ("cpu",))
-pretrain = stage_task("pretrain", ("gpu",))
-sft = stage_task("sft", ("gpu",))
-dpo = stage_task("dpo", ("gpu",))
-merge = stage_task("merge", ("cpu",))
-select_candidate = stage_task("select", ("cpu",))
-evaluate = stage_task("eval", ("gpu",))
-perplexity = stage_task("perplexity", ("gpu",))
+build_base = stage_task("base")
+upscale = stage_task("upscale")
+prepare_data = stage_task("data")
+math_instruct = stage_task("math-instruct")
+math_alignment = stage_task("math-alignment")
+decontaminate = stage_task("decontam")
+pretrain = stage_task("pretrain")
+sft = stage_task("sft")
+dpo = stage_task("dpo")
+merge = stage_task("merge")
+select_candidate = stage_task("select")
+evaluate = stage_task("eval")
+perplexity = stage_task("perplexity")
 
 STAGE_TASKS = {
     "base": build_base,
@@ -157,3 +180,9 @@ STAGE_TASKS = {
     "eval": evaluate,
     "perplexity": perplexity,
 }
+
+
+def tagged(kind: str, limited: set[str]):
+    """The task of `kind`, tagged with its pool if that pool's tag has a concurrency limit."""
+    pool = pool_of(kind)
+    return STAGE_TASKS[kind].with_options(tags=[pool]) if pool in limited else STAGE_TASKS[kind]

@@ -44,14 +44,17 @@ def run(spec):
     return state.result(), state.state_details.flow_run_id
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """Task run name -> final state name ('Completed' or 'Cached') of one flow run."""
+def task_runs(flow_run_id):
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
+        return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
             task_run_filter=TaskRunFilter(),
         )
-    return {r.name: r.state.name for r in runs}
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name ('Completed' or 'Cached') of one flow run."""
+    return {r.name: r.state.name for r in task_runs(flow_run_id)}
 
 
 def child_runs(spec, parent_id):
@@ -163,6 +166,21 @@ def test_changed_dpo_beta_reruns_only_that_branch(first, workdir):
     states = task_states(flow_run_id)
     rebuilt = {name.split(":", 1)[1] for name, s in states.items() if ":" in name and s != "Cached"}
     assert rebuilt == {"dpo", "eval-dpo", "ppl-dpo"}
+
+
+def test_stages_carry_their_pool_tag_only_where_a_concurrency_limit_exists(first, workdir):
+    _, _, first_run_id = first
+    assert all(not r.tags for r in task_runs(first_run_id) if ":" in r.name)
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+    try:
+        _, flow_run_id = run(tiny_spec(workdir, "dpo.dpo.beta=0.3"))
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+    tags = {r.name: set(r.tags) for r in task_runs(flow_run_id) if ":" in r.name}
+    assert tags["dpo:dpo"] == tags["sft:sft-a"] == tags["eval:eval-dpo"] == {"gpu"}
+    assert tags["merge:sft-a+b"] == tags["upscale:dus"] == set()
 
 
 def test_a_deleted_artifact_is_rebuilt_not_returned(first, workdir):
