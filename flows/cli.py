@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -65,6 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(spec)
 
 
+def entry() -> NoReturn:
+    """The `solar` console script: `main`, then a quick exit."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """Exit without the interpreter's teardown: after a run, freeing the modules and objects
+    of torch, transformers, lm-eval and friends took ~3 s here, more than most stages of the
+    tiny preset compute. Everything that must outlive the process is on disk by then
+    (artifacts and manifests renamed into place, MLflow and Prefect calls returned), and
+    what a normal exit does first is done here too: wait for non-daemon threads, run the
+    exit handlers (Prefect's log and event workers drain, its temporary server stops,
+    logging flushes), flush stdout and stderr."""
+    threading._shutdown()  # joins non-daemon threads, runs threading's exit callbacks
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def plan_command(spec: PipelineSpec, as_json: bool) -> int:
     from solar.plan import describe
 
@@ -93,9 +116,19 @@ def run_command(spec: PipelineSpec) -> int:
     root = Path(spec.execution.artifacts_dir).resolve()
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(root / ".prefect-results"))
 
+    from flows import local_api
+
+    api_ready = local_api.start()  # boots while the pipeline is imported and the store opened
     from flows.pipeline import with_parallelism
     from solar.report import print_table
+    from solar.tracking import open_store
 
+    open_store(spec.tracking.uri)
+    try:
+        api_ready()
+    except RuntimeError as e:
+        print(f"solar: {e}", file=sys.stderr)
+        return 1
     rows = with_parallelism(spec)(spec=spec)
     print_table(rows, f"{spec.name}: models x H6 (%){' -- estimate on doc subsets' if spec.eval and spec.eval.is_estimate else ''}")
     return 0
@@ -126,4 +159,4 @@ def human(n: int) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -83,6 +83,16 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT) -> None:
         ) from e
 
 
+def open_store(uri: str | None) -> None:
+    """Open a local tracking store ahead of the first run (MLflow keeps it per URI): for a
+    new SQLite file that creates and migrates MLflow's tables, 2-4 s here, which `solar run`
+    overlaps with the start of Prefect's temporary server. A server's URI is left to
+    `check_reachable` at the start of the run."""
+    uri = resolve_uri(uri)
+    if not uri.startswith(("http://", "https://")):
+        client(uri)
+
+
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 

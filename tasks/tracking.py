@@ -30,11 +30,11 @@ from solar.tracking import (
 def start_tracking(spec: PipelineSpec) -> TrackingContext:
     # Link the run the user started (a deployment's run wraps this flow as a subflow).
     this, root = str(flow_run.id or ""), str(flow_run.root_flow_run_id or flow_run.id or "")
-    url = (flow_run.ui_url or "").replace(this, root)
+    url = (flow_run.ui_url or "").replace(this, root)  # "/flow-runs/..." when no UI is served
     tags = {**spec.tracking.tags, "solar.pipeline": spec.name, "prefect.flow_run_id": root}
     if root != this:
         tags["prefect.subflow_run_id"] = this
-    if url:
+    if url.startswith(("http://", "https://")):
         tags["prefect.flow_run_url"] = url
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     ctx = start_pipeline(

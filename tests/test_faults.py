@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from flows.local_api import free_port
 from solar.artifacts import StageResult, is_complete, read_manifest, stage_dir
 from solar.plan import plan
 from solar.spec import PipelineSpec
@@ -63,12 +63,6 @@ STAGES = {s.name: s for s in plan(PipelineSpec.model_validate(SPEC))}
 DUS = dataclasses.replace(STAGES["dus"], params={**STAGES["dus"].params, "m": 0})  # for the 2-layer test model
 # In DAG order: each rerun reuses what the earlier runs finished and dies at the next point.
 KILLS = [("dus", "build"), ("sft", "checkpoint"), ("avg", "build"), ("dpo", "checkpoint")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree(pid: int) -> list[psutil.Process]:

@@ -6,7 +6,6 @@ two-point sweep over the same artifact root. `down` stops everything it started.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -22,6 +21,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.deploy import DEPLOYMENTS, prefect_yaml
+from flows.local_api import free_port
 from solar.plan import plan
 from solar.spec import load_spec
 from tasks.stages import GPU_KINDS
@@ -32,12 +32,6 @@ CPU_POOL, GPU_POOL = "test-cpu", "test-gpu"
 # The tiny DAG without decontamination and perplexity stages, one model evaluated: every
 # stage kind is still there, in 14 stages rather than 27.
 TRIM = ["decontamination=null", "eval.perplexity_corpus=null", "eval.models=[dpo]"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
