@@ -6,6 +6,8 @@ plain function from a planned stage and its inputs' results to the stage's resul
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import shutil
 import time
@@ -225,7 +227,8 @@ def run_stage(
         if stage.kind in ("pretrain", "sft", "dpo"):
             run.log_data_inputs(data_inputs(stage, inputs))
         start = time.perf_counter()
-        metrics = BUILDERS[stage.kind](stage.params, input_dirs, tmp, run)
+        with collector_skips_what_exists():
+            metrics = BUILDERS[stage.kind](stage.params, input_dirs, tmp, run)
         metrics["stage_seconds"] = time.perf_counter() - start  # the stage's own compute
         run.log(metrics)
         result = StageResult(
@@ -240,6 +243,20 @@ def run_stage(
         })
     shutil.rmtree(run.work_dir, ignore_errors=True)
     return result
+
+
+@contextlib.contextmanager
+def collector_skips_what_exists():
+    """Hide every object alive now (the libraries' modules, classes and caches: millions of
+    objects once torch, transformers and lm-eval are loaded) from Python's cycle collector
+    until the block ends, so that the full collections libraries force (accelerate's
+    `free_memory` before and after each training run) only walk what the stage made: each
+    took ~0.5 s here. Nothing leaks: the objects rejoin the collector afterwards."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def work_dir(root: str | Path, fingerprint: str) -> Path:
