@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from solar.artifacts import StageResult
 from solar.plan import plan
-from solar.spec import PipelineSpec, load_spec, spec_from_dict
+from solar.spec import PipelineSpec, Url, load_spec, spec_from_dict
 from solar.tracking import end_pipeline
 from tasks.stages import deployment_of, limited_pools, tagged
 from tasks.tracking import start_tracking, summarize
@@ -82,13 +82,14 @@ class RunOptions(BaseModel):
     """The knobs most runs change, shown first in the run form; "preset", 0 and "" keep
     what the preset (or spec) says."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     mode: Literal["preset", "local", "pools"] = Field(
         "preset", description="local: stages run in this flow run; pools: each on its CPU/GPU work pool")
     max_parallel: NonNegativeInt = Field(0, description="independent stages run at once")
     artifacts_dir: str = Field("", description="stage artifacts root (every worker must see it)")
-    mlflow_uri: str = Field("", description="MLflow tracking URI")
+    mlflow_uri: Url = Field(
+        "", description="MLflow tracking URI (credentials go in the workers' environment)")
 
     def overrides(self) -> list[str]:
         chosen = {

@@ -88,8 +88,33 @@ Source = Annotated[str, Field(min_length=1), AfterValidator(_check_source)]
 
 class Strict(BaseModel):
     # inf and nan pass `gt=0` bounds (nan fails them, inf does not) and would only fail
-    # mid-training or as a merged model of nan: refuse both in every float field.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # mid-training or as a merged model of nan: refuse both in every float field. Errors
+    # name the field and what is wrong but do not echo the value: it may be a secret.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, hide_input_in_errors=True)
+
+
+# A URL written with `user:password@` or `token@`: refused in specs and run parameters,
+# since both are stored (Prefect keeps a flow run's parameters, MLflow the spec).
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+NO_USERINFO = r"^(?![A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@)"  # the same, for JSON schemas
+
+
+def no_credentials(url: str) -> str:
+    if URL_USERINFO.search(url):
+        raise ValueError("credentials in the URL would be stored with the run; give them in the "
+                         "environment: MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+                         "MLFLOW_TRACKING_TOKEN for MLflow, the variable named by api_key_env for a generator")
+    return url
+
+
+class _NoUserinfoSchema:
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        schema["pattern"] = NO_USERINFO  # so the Prefect server refuses it before storing it
+        return schema
+
+
+Url = Annotated[str, AfterValidator(no_credentials), _NoUserinfoSchema()]
 
 
 class TinyModel(Strict):
@@ -286,7 +311,7 @@ class MathInstructSpec(Strict):
     # LLM backends: `openai` is any OpenAI-compatible chat-completions server (vLLM, TGI):
     # `base_url` up to /v1, `model`, and the API key read from the environment variable
     # named by `api_key_env` (never stored or logged). `transformers` loads `model` locally.
-    base_url: str | None = None
+    base_url: Url | None = None
     model: str | None = None
     api_key_env: str | None = None
     max_concurrency: PositiveInt = 4
@@ -512,7 +537,7 @@ class EvalSpec(Strict):
 class TrackingSpec(Strict):
     """MLflow: `uri` null means $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
 
-    uri: str | None = None
+    uri: Url | None = None
     experiment: str | None = None
     # The model stage to register in the MLflow model registry at the end of a run, and
     # the registered model's name (default: "<pipeline>-<stage>").

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import ssl
 import time
 import urllib.error
@@ -26,6 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
+
+from solar.spec import URL_USERINFO
 
 DEFAULT_DB = "mlflow.db"
 RETRY_ATTEMPTS = 3  # tries of one tracking call during a stage before it is given up
@@ -50,8 +52,19 @@ class TrackingContext:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the working dir."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    """The spec's URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the working dir.
+
+    Credentials in $MLFLOW_TRACKING_URI (`https://user:password@host`) move to
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (unless those are set), so the URI
+    the run passes around (task results, stage-flow parameters in pools mode) carries none;
+    the spec's own URI cannot have any (spec validation)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    if userinfo := URL_USERINFO.search(uri):
+        user, _, password = unquote(userinfo[0].removesuffix("@")).partition(":")
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+        uri = URL_USERINFO.sub("", uri, count=1)
+    return uri
 
 
 def artifact_root(uri: str) -> str | None:
@@ -123,10 +136,6 @@ def run_url(ctx: TrackingContext) -> str | None:
 
 def end_pipeline(ctx: TrackingContext, failed: bool = False) -> None:
     client(ctx.uri).set_terminated(ctx.parent_run_id, "FAILED" if failed else "FINISHED")
-
-
-# The userinfo of a URL (`scheme://user:password@host`, `scheme://token@host`).
-URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def redact(text: str) -> str:

@@ -46,3 +46,36 @@ def test_url_credentials_never_reach_mlflow(tmp_path):
     assert params["base_url"] == params["nested.u"] == "http://***@127.0.0.1:9/v1"
     spec = Path(c.download_artifacts(ctx.parent_run_id, "spec.yaml", str(tmp_path / "dl"))).read_text()
     assert secret not in spec and "http://***@127.0.0.1:9/v1" in spec
+
+
+def test_credentials_in_urls_are_refused_without_echoing_them(capsys, tmp_path, monkeypatch):
+    """Specs and run parameters are stored (Prefect keeps a run's parameters, MLflow its
+    spec), so a URL with a password is refused, in the CLI and by the run form's schema,
+    and the error names the field but not the secret."""
+    import jsonschema
+    import pytest
+
+    from flows.cli import main
+    from flows.pipeline import RunOptions
+
+    monkeypatch.chdir(tmp_path)
+    secret = "hunter2-secret"
+    assert main(["run", "--preset", "tiny", "--set", f"tracking.uri=https://alice:{secret}@mlflow.example.com"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri" in err and "MLFLOW_TRACKING_PASSWORD" in err and secret not in err
+    schema = RunOptions.model_json_schema()
+    jsonschema.validate({"mlflow_uri": "http://127.0.0.1:5000"}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"mlflow_uri": f"http://alice:{secret}@127.0.0.1:5000"}, schema)
+
+
+def test_credentials_in_the_environments_uri_move_to_mlflows_variables(monkeypatch):
+    from solar.tracking import resolve_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:p%40ss@mlflow.example.com/")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert resolve_uri(None) == "https://mlflow.example.com/"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+    assert resolve_uri("sqlite:////x/mlflow.db") == "sqlite:////x/mlflow.db"
