@@ -142,7 +142,7 @@ def dispatch_stage(
         parameters={"stage": stage, "inputs": inputs, "root": root, "tracking": tracking, "verify": verify},
         flow_run_name=f"{stage.kind}:{stage.name}",
         timeout=None,  # training takes as long as it takes; the flow run has its own limits
-        poll_interval=2,
+        poll_interval=1,  # seconds; a finished stage is noticed within ~1 s
     )
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
