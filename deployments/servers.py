@@ -23,11 +23,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from flows.cli import OFFLINE_ENV
+from flows.local_api import wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,23 +68,16 @@ def read_pids(home: Path) -> dict[str, int]:
         return {}
 
 
-def wait_http(url: str, name: str, pid: int, home: Path, timeout: float = 120) -> None:
-    """Until `url` answers 200; a clear error with the log's tail if the process dies."""
+def process_gone(pid: int) -> bool:
     import psutil
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            tail = (home / "logs" / f"{name}.log").read_text()[-3000:]
-            raise RuntimeError(f"{name} exited during start-up:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s; see {home / 'logs' / name}.log")
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def wait_started(url: str, name: str, pid: int, home: Path, timeout: float = 120) -> None:
+    """Until `url` answers 200; a clear error with the log's tail if the process dies."""
+    log = home / "logs" / f"{name}.log"
+    wait_http(url, name, lambda: process_gone(pid), lambda: f"; {log}:\n{log.read_text()[-3000:]}", timeout)
 
 
 def create_pools(env: dict[str, str], cpu_pool: str, gpu_pool: str, gpu_limit: int) -> None:
@@ -115,12 +107,12 @@ def up(home: Path, prefect_port: int, mlflow_port: int, cpu_pool: str, gpu_pool:
             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
             "--artifacts-destination", str(home / "mlartifacts"), "--workers", "1",
         ], {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, home)  # no job runner: a lean server
-        wait_http(f"{env['PREFECT_API_URL']}/health", "prefect-server", pid, home)
+        wait_started(f"{env['PREFECT_API_URL']}/health", "prefect-server", pid, home)
         create_pools(env, cpu_pool, gpu_pool, gpu_limit)
         for role, pool in (("cpu", cpu_pool), ("gpu", gpu_pool)):
             start(f"worker-{role}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
                                      "--type", "process", "--name", f"{pool}-worker"], env, home)
-        wait_http(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow-server", mlflow_pid, home)
+        wait_started(f"{env['MLFLOW_TRACKING_URI']}/health", "mlflow-server", mlflow_pid, home)
         if deploy:
             subprocess.run([sys.executable, str(REPO / "deployments" / "deploy.py"), "--cpu-pool", cpu_pool,
                             "--gpu-pool", gpu_pool], env=env, check=True, capture_output=True, timeout=300)

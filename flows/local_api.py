@@ -7,6 +7,9 @@ interpreter), spawns it, and waits for it (~4 s more). `start` spawns the same s
 the moment the run begins, so that it boots on another core while this process imports
 the pipeline and opens the MLflow store, and points this process's Prefect client at it.
 Like Prefect's, it serves no UI, lives as long as this process and is stopped at exit.
+
+`free_port` and `wait_http` serve every local server here (deployments/servers.py, the
+tests, the screenshot scripts).
 """
 
 from __future__ import annotations
@@ -49,23 +52,31 @@ def start() -> Callable[[], None]:
     # No UI is served, so there is no flow-run page to link to (an empty UI URL says so).
     os.environ.update({"PREFECT_API_URL": api, "PREFECT_UI_URL": ""})
     refresh_global_settings_context()
-    return lambda: wait_until_healthy(api, proc)
+
+    def details() -> str:
+        code = "" if proc.returncode is None else f" (exit code {proc.returncode})"
+        return f"{code}; its output is above. Or start a Prefect server and set PREFECT_API_URL."
+
+    return lambda: wait_http(f"{api}/health", f"the temporary Prefect server ({api})",
+                             lambda: proc.poll() is not None, details)
 
 
-def wait_until_healthy(api: str, proc: subprocess.Popen, timeout: float = STARTUP_TIMEOUT) -> None:
+def wait_http(url: str, name: str, exited: Callable[[], bool] = lambda: False,
+              details: Callable[[], str] = lambda: "", timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until `url` answers 200. A RuntimeError naming `name`, with `details()` (say, the
+    tail of its log), as soon as `exited()` says its process is gone, or after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the temporary Prefect server ({api}) exited with code {proc.returncode} "
-                               "during start-up; its error is above. Or start a server and set PREFECT_API_URL.")
+        if exited():
+            raise RuntimeError(f"{name} exited during start-up{details()}")
         try:
-            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"the temporary Prefect server ({api}) did not answer within {timeout:.0f} s")
+    raise RuntimeError(f"{name} did not answer {url} within {timeout:.0f} s{details()}")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -17,24 +17,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from flows.local_api import wait_http
+
 MODEL_KINDS = ("sft", "merge", "dpo")
 PORT = 5055
-
-
-def wait_healthy(url: str, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
-                return
-        except OSError:
-            time.sleep(1)
-    sys.exit(f"MLflow server at {url} did not come up")
 
 
 def main() -> None:
@@ -52,7 +42,7 @@ def main() -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        wait_healthy(url)
+        wait_http(f"{url}/health", f"MLflow server at {url}", lambda: server.poll() is not None)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(url)

@@ -74,4 +74,4 @@ def test_a_server_that_dies_at_start_is_a_clear_error(tmp_path):
     out = run_script({"PREFECT_HOME": str(tmp_path / "home"),
                       "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////nonexistent/dir/prefect.db"})
     assert out.returncode != 0
-    assert "the temporary Prefect server" in out.stderr and "exited with code" in out.stderr, out.stderr[-2000:]
+    assert "the temporary Prefect server" in out.stderr and "exited during start-up (exit code" in out.stderr, out.stderr[-2000:]
