@@ -172,18 +172,15 @@ class StageRun:
         self.skipped = 0  # calls not tried once tracking was lost
 
     def log(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
-        self._call("log_batch", lambda c: c.log_batch(self.run_id, metrics=batch))
+        batch = metric_batch(metrics, step)
+        self.call("log_batch", lambda c: c.log_batch(self.run_id, metrics=batch))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._call(f"log_text {artifact_file}", lambda c: c.log_text(self.run_id, text, artifact_file))
+        self.call(f"log_text {artifact_file}", lambda c: c.log_text(self.run_id, text, artifact_file))
 
     def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
         """A table (column -> values) as an MLflow table artifact (`MlflowClient.log_table`)."""
-        self._call(f"log_table {artifact_file}", lambda c: c.log_table(self.run_id, columns, artifact_file))
+        self.call(f"log_table {artifact_file}", lambda c: c.log_table(self.run_id, columns, artifact_file))
 
     def log_data_inputs(self, datasets: list[dict[str, Any]]) -> None:
         """Lineage, as `mlflow.log_input`: each dataset the stage reads ({name, path, digest,
@@ -200,9 +197,9 @@ class StageRun:
                              schema=Schema([ColSpec("string", "rows")]))
             tags = [InputTag("mlflow.data.context", d.get("context", "train"))]
             entries.append(DatasetInput(ds._to_mlflow_entity(), tags=tags))
-        self._call("log_inputs", lambda c: _log_inputs_retrying(c, self.run_id, entries))
+        self.call("log_inputs", lambda c: _log_inputs_retrying(c, self.run_id, entries))
 
-    def _call(self, what: str, fn) -> None:
+    def call(self, what: str, fn) -> None:
         """`fn(client)`, retried with backoff; given up on (and recorded) if it keeps failing."""
         if self.ctx is None or self.run_id is None:
             return
@@ -256,10 +253,10 @@ def stage_run(
     try:
         yield stage
     except BaseException:
-        stage._call("set_terminated", lambda c: c.set_terminated(run_id, "FAILED"))
+        stage.call("set_terminated", lambda c: c.set_terminated(run_id, "FAILED"))
         raise
     # The artifact is in place by now: a lost server must not turn the stage into a failure.
-    stage._call("set_terminated", lambda c: c.set_terminated(run_id, "FINISHED"))
+    stage.call("set_terminated", lambda c: c.set_terminated(run_id, "FINISHED"))
 
 
 def _log_params(c, run_id: str, params: dict[str, Any]) -> None:
@@ -279,6 +276,14 @@ def _source(path: str):
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": all are local
         warnings.simplefilter("ignore", UserWarning)
         return resolve_dataset_source(Path(path).resolve().as_uri())
+
+
+def metric_batch(metrics: dict[str, float], step: int = 0) -> list:
+    """`metrics` as MLflow `Metric`s for `log_batch`, stamped now."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items()]
 
 
 def _metric_key(key: str) -> str:
@@ -337,7 +342,7 @@ def log_summary(
         c.log_text(ctx.parent_run_id, text, name)
     for path in files:
         c.log_artifact(ctx.parent_run_id, str(path), "summary")
-    StageRun(ctx, ctx.parent_run_id).log(metrics)
+    c.log_batch(ctx.parent_run_id, metrics=metric_batch(metrics))
 
 
 def pipeline_summary(uri: str | None, experiment: str, run_id: str | None = None) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from solar.tracking import (
     TrackingContext,
     end_pipeline,
     log_summary,
+    metric_batch,
     record_cached,
     register_model,
     run_url,
@@ -57,38 +58,61 @@ def summarize(
     spec: PipelineSpec, results: dict[str, StageResult], tracking: TrackingContext
 ) -> list[dict]:
     """Record stages reused from earlier runs, put each model's scores on its child run,
-    log the paper-layout tables and chart, close the parent run."""
-    run_ids = {}
-    for result in results.values():
-        reused = result.parent_run_id != tracking.parent_run_id
-        run_ids[result.name] = record_cached(tracking, result) if reused else result.run_id
+    log the paper-layout tables and chart, close the parent run. The models and the table
+    are done by now, so a tracking server lost here costs the record, not the run: what
+    could not be recorded is listed in the flow run's `tracking-lost` artifact."""
     evals = [r for r in results.values() if r.kind == "eval"]
-    for r in evals:  # so the compare view over model runs lines the variants up
-        StageRun(tracking, run_ids[r.name.removeprefix("eval-")]).log(r.metrics)
     ppl = [r for r in results.values() if r.kind == "perplexity"]
-    for r in ppl:
-        StageRun(tracking, run_ids[r.name.removeprefix("ppl-")]).log(r.metrics)
     rows = report.score_rows(evals)
     tables = report.paper_tables(spec, rows) + report.perplexity_table(ppl)
+    lost = record_summary(spec, results, tracking, rows, tables)
+    if rows:
+        key = re.sub(r"[^a-z0-9-]", "-", f"{tracking.pipeline}-h6")
+        create_table_artifact(rows, key=key, description="Models x H6 (percent)")
+        create_markdown_artifact(tables, key=f"{key}-tables", description="Paper-layout tables")
+    if lost:
+        listing = "\n".join(f"- `{error[:500]}`" for error in lost)
+        create_markdown_artifact(f"MLflow run `{tracking.parent_run_id}` at `{tracking.uri}` misses:\n\n{listing}",
+                                 key="tracking-lost", description="What the summary could not record in MLflow")
+    return rows
+
+
+def record_summary(
+    spec: PipelineSpec, results: dict[str, StageResult], tracking: TrackingContext,
+    rows: list[dict], tables: str,
+) -> list[str]:
+    """The summary's MLflow calls, each retried; once one is given up on, the rest are
+    skipped. Returns what was lost (empty when everything was recorded)."""
+    summary = StageRun(tracking, tracking.parent_run_id)
+    summary.stage_name = "summary"
+    run_ids = {}
+    for result in results.values():
+        if result.parent_run_id == tracking.parent_run_id:
+            run_ids[result.name] = result.run_id
+        else:  # reused: a child run of this pipeline run points at the one that built it
+            summary.call(f"record cached {result.name}",
+                         lambda c, r=result: run_ids.update({r.name: record_cached(tracking, r)}))
+    # Each model's run gets its scores, so the compare view over model runs lines them up.
+    prefixes = {"eval": "eval-", "perplexity": "ppl-"}
+    for r in results.values():
+        if r.kind in prefixes and run_ids.get(model := r.name.removeprefix(prefixes[r.kind])):
+            summary.call(f"scores of {model}",
+                         lambda c, run=run_ids[model], m=r.metrics: c.log_batch(run, metrics=metric_batch(m)))
     with tempfile.TemporaryDirectory() as tmp:
         chart = Path(tmp) / "h6.png"
         if rows:
             estimate = " (estimate on document subsets)" if spec.eval and spec.eval.is_estimate else ""
             report.bar_chart(rows, chart, f"{spec.name}: H6 by task (%){estimate}")
-        log_summary(
+        summary.call("summary report", lambda c: log_summary(
             tracking,
             {"summary/h6.md": tables, "summary/h6.csv": report.to_csv(rows)},
             [chart] if rows else [],
             {f"h6.{row['model']}": row["h6"] for row in rows if "h6" in row},
-        )
-    if rows:
-        key = re.sub(r"[^a-z0-9-]", "-", f"{tracking.pipeline}-h6")
-        create_table_artifact(rows, key=key, description="Models x H6 (percent)")
-        create_markdown_artifact(tables, key=f"{key}-tables", description="Paper-layout tables")
-    if spec.tracking.register_stage:
-        register_final(spec, results, run_ids, tracking)
-    end_pipeline(tracking)
-    return rows
+        ))
+    if spec.tracking.register_stage and run_ids.get(spec.tracking.register_stage):
+        summary.call("model registration", lambda c: register_final(spec, results, run_ids, tracking))
+    summary.call("closing the parent run", lambda c: end_pipeline(tracking))
+    return summary.errors + ([f"{summary.skipped} later calls skipped"] if summary.skipped else [])
 
 
 def register_final(

@@ -29,7 +29,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from flows.local_api import free_port
+from flows.local_api import free_port, wait_http
 from solar.artifacts import StageResult, is_complete, read_manifest, stage_dir
 from solar.plan import plan
 from solar.spec import PipelineSpec
@@ -149,7 +149,8 @@ def server(tmp_path_factory):
     proc = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                  env, tmp, tmp / "server.log")
     try:
-        wait_healthy(env["PREFECT_API_URL"], proc, tmp / "server.log")
+        wait_http(f"{env['PREFECT_API_URL']}/health", "prefect server", lambda: proc.poll() is not None,
+                  lambda: f":\n{(tmp / 'server.log').read_text()[-3000:]}", timeout=90)
         yield env
     finally:
         signal_tree(proc, signal.SIGTERM)
@@ -226,23 +227,6 @@ def chain(tmp_path_factory, server):
     print("kill points reached after (s):", {n: k["seconds"] for n, k in kills.items()},
           "end:", round(time.monotonic() - t0, 1))
     return {"tmp": tmp, "root": root, "spec": spec, "stages": stages, "kills": kills, "log": log}
-
-
-def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"prefect server exited {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prefect server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def ancestors(stages: dict, name: str) -> set[str]:
@@ -439,6 +423,34 @@ def test_a_tracking_call_that_fails_briefly_is_retried(flaky_tracking, tmp_path,
     assert read_manifest(Path(result.path))["tracking_errors"] == []
     run = real.get_run(result.run_id)
     assert run.data.metrics["layers"] == 4 and run.info.status == "FINISHED"
+
+
+def test_mlflow_lost_at_the_summary_costs_the_record_not_the_run(flaky_tracking, tmp_path, caplog):
+    """The models and the table are done when the summary records them: with the server
+    gone, each call is tried a bounded number of times, the rest is skipped, and the
+    losses are returned (for the flow run's `tracking-lost` artifact) instead of raised."""
+    from solar.spec import load_spec
+    from solar.tracking import RETRY_ATTEMPTS
+    from tasks.tracking import record_summary
+
+    ctx, state, real = flaky_tracking
+    child = real.create_run(ctx.experiment_id, run_name="sft", tags={"mlflow.parentRunId": ctx.parent_run_id})
+    results = {
+        "sft": StageResult("sft", "sft", "s" * 64, str(tmp_path), {}, child.info.run_id, ctx.parent_run_id),
+        "eval-sft": StageResult("eval-sft", "eval", "e" * 64, str(tmp_path), {"arc": 0.25, "h6": 0.3},
+                                "r", ctx.parent_run_id),
+    }
+    spec = load_spec(preset="tiny")
+    assert record_summary(spec, results, ctx, [], "") == []  # the server is up: all recorded
+    assert real.get_run(child.info.run_id).data.metrics["arc"] == 0.25
+    assert real.get_run(ctx.parent_run_id).info.status == "FINISHED"
+
+    state["failures"], state["attempts"] = 10**6, []
+    with caplog.at_level("WARNING", logger="solar.tracking"):
+        lost = record_summary(spec, results, ctx, [], "")
+    assert lost[0].startswith("scores of sft: ConnectionError") and lost[-1] == "2 later calls skipped"
+    assert state["attempts"] == ["log_batch"] * RETRY_ATTEMPTS
+    assert "MLflow tracking lost in stage summary" in caplog.text
 
 
 @pytest.fixture
