@@ -23,7 +23,7 @@ from prefect.tasks import exponential_backoff
 
 from solar.artifacts import DiskFull, StageResult, Verify, is_complete, load_result, stage_dir
 from solar.plan import Stage
-from solar.stages import run_stage
+from solar.stages import BUILDERS, run_stage
 from solar.tracking import TrackingContext
 
 KEYS_DIR = ".cache-keys"
@@ -151,35 +151,7 @@ def dispatch_stage(
     return load_result(stage_dir(Path(root), stage.kind, stage.fingerprint))
 
 
-build_base = stage_task("base")
-upscale = stage_task("upscale")
-prepare_data = stage_task("data")
-math_instruct = stage_task("math-instruct")
-math_alignment = stage_task("math-alignment")
-decontaminate = stage_task("decontam")
-pretrain = stage_task("pretrain")
-sft = stage_task("sft")
-dpo = stage_task("dpo")
-merge = stage_task("merge")
-select_candidate = stage_task("select")
-evaluate = stage_task("eval")
-perplexity = stage_task("perplexity")
-
-STAGE_TASKS = {
-    "base": build_base,
-    "upscale": upscale,
-    "data": prepare_data,
-    "math-instruct": math_instruct,
-    "math-alignment": math_alignment,
-    "decontam": decontaminate,
-    "pretrain": pretrain,
-    "sft": sft,
-    "dpo": dpo,
-    "merge": merge,
-    "select": select_candidate,
-    "eval": evaluate,
-    "perplexity": perplexity,
-}
+STAGE_TASKS = {kind: stage_task(kind) for kind in BUILDERS}  # one task per stage kind
 
 
 def tagged(kind: str, limited: set[str]):
