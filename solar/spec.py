@@ -95,8 +95,9 @@ class Strict(BaseModel):
 
 # A URL written with `user:password@` or `token@`: refused in specs and run parameters,
 # since both are stored (Prefect keeps a flow run's parameters, MLflow the spec).
-URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-NO_USERINFO = r"^(?![A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@)"  # the same, for JSON schemas
+USERINFO = r"[^/@\s]+@"
+URL_USERINFO = re.compile(rf"(?<=://){USERINFO}")
+NO_USERINFO = rf"^(?![A-Za-z][A-Za-z0-9+.-]*://{USERINFO})"  # the same rule, for JSON schemas
 
 
 def no_credentials(url: str) -> str:
